@@ -1,0 +1,11 @@
+"""Pure loss functions, grouped by family. Each works in any training loop."""
+
+from selfsup.losses.contrastive import info_nce, nt_xent
+from selfsup.losses.correlation import off_diagonal, vicreg_loss, vicreg_terms
+from selfsup.losses.distillation import byol_loss, negative_cosine
+from selfsup.losses.distributed import all_reduce_mean, all_reduce_sum, gather
+
+__all__ = [
+    "nt_xent", "info_nce", "vicreg_loss", "vicreg_terms", "off_diagonal", "byol_loss", "negative_cosine",
+    "gather", "all_reduce_mean", "all_reduce_sum",
+]

@@ -1,0 +1,8 @@
+"""Backbones, heads and EMA teachers."""
+
+from selfsup.nets.backbones import SmallCNN, build_backbone, feature_dim, resnet, torchvision_resnet
+from selfsup.nets.ema import EMA, cosine_momentum
+from selfsup.nets.heads import mlp, out_dim, parse_spec
+
+__all__ = ["SmallCNN", "build_backbone", "feature_dim", "resnet", "torchvision_resnet", "EMA", "cosine_momentum",
+           "mlp", "out_dim", "parse_spec"]

@@ -1,0 +1,191 @@
+"""Typed recipes: YAML files map onto these pydantic models; dotted overrides are checked the same way.
+
+A recipe is ``method`` (one of :data:`selfsup.methods.METHODS`, chosen by ``method.name``)
+plus the ``data``, ``views``, ``model``, ``optim``, ``train`` and ``eval`` sections.
+Every error names the offending key in one line (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from selfsup.methods import METHODS
+from selfsup.schema import Section
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "simclr_digits"
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the key and how to fix it."""
+
+
+class DataConfig(Section):
+    path: str | None = Field(None, description="dataset path; null = the built-in digits")
+    format: Literal["auto", "digits", "imagefolder", "npz", "idx", "cifar"] = "auto"
+    image_size: int | None = Field(None, gt=0, description="resize images to this square size (null: native)")
+    batch_size: int = Field(256, gt=0, description="effective batch over all processes")
+    on_corrupt: Literal["skip", "error"] = "skip"
+
+
+class ViewsConfig(Section):
+    kind: Literal["simclr", "byol", "multicrop"] | None = Field(None, description="null: the method's default")
+    params: dict[str, Any] = Field(default_factory=dict, description="overrides passed to selfsup.views.build_views")
+
+
+class ModelConfig(Section):
+    backbone: str = Field("small_cnn", description="small_cnn, resnet18/34/50 or timm:<name>")
+    width: int = Field(32, gt=0, description="small_cnn base width")
+    small_input: bool | None = Field(None, description="ResNet 3x3 stem without max-pool; null: image_size <= 64")
+    sync_bn: bool = True
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw", "lars"] = "lars"
+    lr: float = Field(0.3, gt=0, description="base learning rate, per 256 images (see lr_scaling)")
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    weight_decay: float = Field(1e-6, ge=0)
+    weight_decay_end: float | None = Field(None, ge=0, description="cosine weight-decay schedule end (DINO)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eta: float = Field(0.02, gt=0, description="LARS trust coefficient")
+    warmup_epochs: float = Field(10, ge=0)
+    final_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of the peak lr")
+    clip_grad: float | None = Field(None, gt=0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(100, gt=0)
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out_dir: str = "runs"
+    run_name: str | None = None
+    online_probe: bool = True
+    probe_lr: float = Field(1e-3, gt=0)
+    channels_last: bool = False
+    progress_bar: bool = True
+
+
+class EvalConfig(Section):
+    at_end: bool = Field(True, description="run `selfsup eval` when training ends")
+    knn_k: list[int] = Field(default_factory=lambda: [20, 200])
+    knn_temperature: float = Field(0.07, gt=0)
+    linear_epochs: int = Field(100, gt=0)
+    linear_lrs: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
+    linear_wds: list[float] = Field(default_factory=lambda: [0.0, 1e-5, 1e-4])
+    batch_size: int = Field(256, gt=0)
+
+
+MethodUnion = Annotated[Union[tuple(cls.Config for cls in METHODS.values())], Field(discriminator="name")]
+
+
+class Recipe(Section):
+    description: str = ""
+    method: MethodUnion
+    data: DataConfig = Field(default_factory=DataConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Recipe":
+        if self.optim.warmup_epochs > self.train.epochs:
+            raise ValueError(f"optim.warmup_epochs={self.optim.warmup_epochs} exceeds train.epochs={self.train.epochs}")
+        return self
+
+
+def _format_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"] if not (isinstance(x, str) and x in _METHOD_TAGS))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `selfsup train --help` shows the sections)"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown method; choose one of {', '.join(METHODS)}"
+        got = err.get("input")
+        tail = f" (got {got!r})" if got is not None and err["type"] not in ("extra_forbidden", "missing") \
+            and not isinstance(got, dict) else ""
+        parts.append(f"{loc or 'recipe'}: {msg}{tail}")
+    return "invalid config: " + "; ".join(parts)
+
+
+_METHOD_TAGS = set(METHODS)
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe name (``selfsup recipes``) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"recipe file '{p}' does not exist; give a YAML path or a name from `selfsup recipes`")
+        return p
+    p = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not p.is_file():
+        names = ", ".join(sorted(x.stem for x in RECIPE_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown recipe '{name_or_path}'; choose one of: {names}")
+    return p
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe '{path}' must be a mapping of sections (method, data, optim, ...)")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings; values are parsed as YAML scalars/lists (never evaluated)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' must look like section.key=value, e.g. optim.lr=0.3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{p}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def validate(data: dict[str, Any]) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe by name or path, apply dotted overrides, validate. Raises :class:`ConfigError`."""
+    data = read_yaml(recipe_path(name_or_path or DEFAULT_RECIPE))
+    return validate(apply_overrides(data, list(overrides or [])))
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """(name, one-line description) of every bundled recipe."""
+    out = []
+    for p in sorted(RECIPE_DIR.glob("*.yaml")):
+        desc = str(yaml.safe_load(p.read_text()).get("description", "")).strip().splitlines()
+        out.append((p.stem, desc[0] if desc else ""))
+    return out
+
+
+def to_dict(recipe: Recipe) -> dict[str, Any]:
+    return recipe.model_dump(mode="json")

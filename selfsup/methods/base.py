@@ -1,0 +1,82 @@
+"""What every method shares: its config base and the small ``Method`` interface.
+
+A method owns its modules and turns one batch of views into a loss. The trainer
+calls, in plain sight, ``out = method(views, progress, labels)``, then
+``loss.backward()``, ``method.on_backward(progress)``, the optimizer step, and
+``method.after_step(progress)`` (teacher and queue updates). ``progress`` is the
+fraction of training done, in [0, 1]; schedules are functions of it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from selfsup.schema import Section
+
+
+class MethodConfig(Section):
+    """Hyperparameters of one method; subclasses fix ``name`` to a literal."""
+
+    name: str
+
+
+def encode_views(encoder: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Run ``encoder`` once per run of consecutive same-resolution views (one big batch each).
+
+    Multi-crop's global and local crops thus cost two forward passes, as in DINO.
+    """
+    out: list[torch.Tensor] = []
+    i = 0
+    while i < len(views):
+        j = i + 1
+        while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
+            j += 1
+        feats = encoder(torch.cat(views[i:j], 0))
+        out.extend(feats.chunk(j - i, 0))
+        i = j
+    return out
+
+
+class Method(nn.Module):
+    """Base class: subclasses define ``Config``, ``__init__`` and ``forward``."""
+
+    Config: ClassVar[type[MethodConfig]]
+    #: the views this method needs by default (a ``views.kind``)
+    default_views: ClassVar[str] = "simclr"
+    #: whether ``forward`` needs labels (SupCon)
+    needs_labels: ClassVar[bool] = False
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MethodConfig, epochs: int = 100) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feat_dim = feat_dim
+        self.cfg = cfg
+        self.epochs = epochs
+
+    def forward(self, views: list[torch.Tensor], progress: float = 0.0,
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Return at least ``loss``, ``feats`` (backbone features of view 0, detached) and ``emb``
+        (the embeddings the loss sees for view 0, detached) for logging and the online probe."""
+        raise NotImplementedError
+
+    def on_backward(self, progress: float) -> None:
+        """Gradient surgery between backward and the optimizer step (e.g. DINO's frozen last layer)."""
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> dict[str, float]:
+        """Updates after the optimizer step (EMA teachers, queues). Returns values to log."""
+        return {}
+
+    def param_groups(self) -> list[dict]:
+        """Parameter groups for the optimizer. Keys beyond torch's: ``lr_scale`` (multiplies the
+        scheduled lr), ``fixed_lr`` (ignore the schedule), ``no_decay`` (no weight decay and no
+        LARS adaptation). The default puts biases and norm parameters in a ``no_decay`` group."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        return [{"params": decay}, {"params": no_decay, "no_decay": True}]

@@ -1,0 +1,39 @@
+"""SimCLR (Chen et al., 2020): two symmetric views, NT-Xent over the global batch.
+
+Recipe defaults (paper, ImageNet): LARS, base lr 0.3 x batch/256 (0.075 x sqrt(batch) for
+small batches), weight decay 1e-6, temperature 0.1 (0.5 for CIFAR), projector 2048-128
+with BN, 10 warmup epochs then cosine.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field
+
+from selfsup.losses import nt_xent
+from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.nets import mlp
+
+
+class SimCLRConfig(MethodConfig):
+    name: Literal["simclr"] = "simclr"
+    temperature: float = Field(0.1, gt=0)
+    projector: str = "2048-128"
+
+
+class SimCLR(Method):
+    Config = SimCLRConfig
+    default_views = "simclr"
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SimCLRConfig, epochs: int = 100) -> None:
+        super().__init__(backbone, feat_dim, cfg, epochs)
+        self.projector = mlp(feat_dim, cfg.projector)
+
+    def forward(self, views, progress=0.0, labels=None):
+        h = encode_views(self.backbone, views[:2])
+        z = [self.projector(x) for x in h]
+        loss = nt_xent(z[0], z[1], self.cfg.temperature)
+        return {"loss": loss, "feats": h[0].detach(), "emb": z[0].detach()}

@@ -1,0 +1,31 @@
+"""Schedules as functions of ``progress`` (fraction of training done) — never raw step counts."""
+
+from __future__ import annotations
+
+import math
+
+
+def cosine(start: float, end: float, progress: float) -> float:
+    """Half-cosine from ``start`` (progress 0) to ``end`` (progress 1)."""
+    p = min(max(progress, 0.0), 1.0)
+    return end + (start - end) * (1 + math.cos(math.pi * p)) / 2
+
+
+def warmup_cosine(peak: float, progress: float, warmup: float, final: float = 0.0) -> float:
+    """Linear warmup from 0 to ``peak`` over the first ``warmup`` fraction, then cosine to ``final``
+    (Goyal et al., 2017; Loshchilov & Hutter, 2017)."""
+    if warmup > 0 and progress < warmup:
+        return peak * progress / warmup
+    return cosine(peak, final, (progress - warmup) / max(1.0 - warmup, 1e-12))
+
+
+def scaled_lr(base_lr: float, batch_size: int, rule: str = "linear") -> float:
+    """Batch-size scaling of the base lr: ``linear`` = base x B/256 (Goyal et al., 2017);
+    ``sqrt`` = base x sqrt(B) as in SimCLR's appendix B.1 (base 0.075); ``none`` = base."""
+    if rule == "linear":
+        return base_lr * batch_size / 256
+    if rule == "sqrt":
+        return base_lr * math.sqrt(batch_size)
+    if rule == "none":
+        return base_lr
+    raise ValueError(f"unknown lr scaling rule '{rule}'; choose linear, sqrt or none")
