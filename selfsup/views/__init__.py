@@ -1,0 +1,83 @@
+"""Batched, per-sample-random augmentation views for self-supervised learning.
+
+``views = build_views("simclr", image_size=32, channels=3)`` then, inside a training loop,
+``v1, v2 = views(x_uint8, generator)`` for a batch ``x_uint8: Tensor[B, C, H, W]`` on any
+device. See the Cookbook (Balestriero et al. 2023), "Role of Data-Augmentation" and
+"Role of multi-crop".
+"""
+
+from selfsup.views.ops import (
+    JitterParams,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    blur_kernel_size,
+    color_jitter,
+    crop_theta,
+    gaussian_blur,
+    gaussian_kernels,
+    normalize,
+    random_grayscale,
+    resized_crop_flip,
+    rgb_to_grayscale,
+    sample_apply,
+    sample_blur_sigma,
+    sample_crop_params,
+    sample_jitter_params,
+    solarize,
+)
+from selfsup.views.per_image import TorchvisionViews, torchvision_view, torchvision_views
+from selfsup.views.pipelines import (
+    VIEW_KINDS,
+    MultiView,
+    ViewParams,
+    ViewSpec,
+    apply_view,
+    build_views,
+    byol_views,
+    default_mean_std,
+    local_crop_size,
+    mean_std_of,
+    multicrop_views,
+    sample_view_params,
+    simclr_views,
+)
+
+__all__ = [
+    "VIEW_KINDS",
+    "JitterParams",
+    "MultiView",
+    "TorchvisionViews",
+    "ViewParams",
+    "ViewSpec",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "apply_view",
+    "blur_kernel_size",
+    "build_views",
+    "byol_views",
+    "color_jitter",
+    "crop_theta",
+    "default_mean_std",
+    "gaussian_blur",
+    "gaussian_kernels",
+    "local_crop_size",
+    "mean_std_of",
+    "multicrop_views",
+    "normalize",
+    "random_grayscale",
+    "resized_crop_flip",
+    "rgb_to_grayscale",
+    "sample_apply",
+    "sample_blur_sigma",
+    "sample_crop_params",
+    "sample_jitter_params",
+    "sample_view_params",
+    "simclr_views",
+    "solarize",
+    "torchvision_view",
+    "torchvision_views",
+]

@@ -1,0 +1,177 @@
+"""Batched colour augmentations with per-sample factors (SimCLR-style colour distortion).
+
+Colour jitter + random grayscale are the "colour distortion" that SimCLR found essential
+next to cropping (Cookbook, Sec. "Role of Data-Augmentation"). All functions take float
+images ``Tensor[B, C, H, W]`` in [0, 1] with C in {1, 3} and per-sample factors
+``Tensor[B]``; formulas follow torchvision.transforms.v2.functional so results match it.
+For 1-channel images saturation and hue are no-ops (as in torchvision / PIL).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "JitterParams",
+    "rgb_to_grayscale",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_saturation",
+    "adjust_hue",
+    "sample_jitter_params",
+    "color_jitter",
+    "random_grayscale",
+]
+
+# ITU-R 601-2 luma weights, the ones torchvision and PIL use.
+_LUMA = (0.2989, 0.587, 0.114)
+
+
+def _per_sample(factor: Tensor, x: Tensor) -> Tensor:
+    return factor.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+
+
+def rgb_to_grayscale(x: Tensor) -> Tensor:
+    """Luma ``L = 0.2989 R + 0.587 G + 0.114 B`` as ``Tensor[B, 1, H, W]`` (1-channel: x itself)."""
+    if x.shape[-3] == 1:
+        return x
+    r, g, b = x.unbind(dim=-3)
+    return (r * _LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(-3)
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    """``clamp(f x + (1 - f) other, 0, 1)`` with a per-sample ``f``."""
+    f = _per_sample(factor, x)
+    return (x * f).add_(other * (1.0 - f)).clamp_(0.0, 1.0)
+
+
+def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
+    """Brightness: ``clamp(b x, 0, 1)`` per sample."""
+    return (x * _per_sample(factor, x)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
+    """Contrast: ``clamp(c x + (1 - c) mean(L(x)), 0, 1)``, mean over the whole image."""
+    mean = rgb_to_grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
+    return _blend(x, mean, factor)
+
+
+def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
+    """Saturation: ``clamp(s x + (1 - s) L(x), 0, 1)``; a no-op for 1-channel images."""
+    if x.shape[-3] == 1:
+        return x
+    return _blend(x, rgb_to_grayscale(x), factor)
+
+
+def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
+    """Hue shift ``h' = (h + delta) mod 1`` in HSV space; a no-op for 1-channel images.
+
+    RGB -> hue uses the usual piecewise formula (e.g. ``h = (G - B) / (6 (max - min))`` when
+    R is the max); back to RGB with the closed form
+    ``c_n = V - (V - m) clamp(min(k_n, 4 - k_n), 0, 1)``, ``k_n = (n + 6 h') mod 6``,
+    ``n = 5, 3, 1`` for R, G, B, since a hue shift keeps ``V = max`` and ``m = min``.
+    Hand-written instead of a full RGB->HSV->RGB round trip: fewer passes over the data.
+    """
+    if x.shape[-3] == 1:
+        return x
+    r, g, b = x.unbind(dim=-3)
+    maxc, minc = torch.aminmax(x, dim=-3)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(
+        maxc == r,
+        (g - b) / safe,
+        torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
+    )
+    h = (h / 6.0 + _per_sample(factor, x).squeeze(1)).remainder_(1.0)
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = (n + 6.0 * h.unsqueeze(1)).remainder_(6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return maxc.unsqueeze(1) - delta.unsqueeze(1) * ramp
+
+
+class JitterParams(NamedTuple):
+    """Per-sample colour-jitter parameters (CPU tensors).
+
+    factors: ``Tensor[B, 4]`` brightness, contrast, saturation, hue factors.
+    order: ``Tensor[B, 4]`` int64, a random permutation of the 4 ops per sample.
+    apply: ``Tensor[B]`` bool, which samples are jittered at all.
+    enabled: which of the 4 ops have a non-trivial range (others are skipped).
+    """
+
+    factors: Tensor
+    order: Tensor
+    apply: Tensor
+    enabled: tuple[bool, bool, bool, bool]
+
+
+def sample_jitter_params(
+    batch: int,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    p: float,
+    generator: torch.Generator,
+) -> JitterParams:
+    """Draw torchvision ``ColorJitter`` factors per sample, applied with probability ``p``.
+
+    Brightness/contrast/saturation factors ``~ U(max(0, 1 - v), 1 + v)``, hue ``~ U(-h, h)``
+    with ``0 <= h <= 0.5``; the op order is a uniform random permutation per sample.
+    """
+    for name, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        if v < 0:
+            raise ValueError(f"{name} jitter must be >= 0, got {v}")
+    if not 0.0 <= hue <= 0.5:
+        raise ValueError(f"hue jitter must be in [0, 0.5], got {hue}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"jitter probability must be in [0, 1], got {p}")
+    u = torch.rand(batch, 4, generator=generator)
+    lo = torch.tensor([max(0.0, 1.0 - brightness), max(0.0, 1.0 - contrast), max(0.0, 1.0 - saturation), -hue])
+    hi = torch.tensor([1.0 + brightness, 1.0 + contrast, 1.0 + saturation, hue])
+    factors = lo + (hi - lo) * u
+    order = torch.rand(batch, 4, generator=generator).argsort(dim=1)  # uniform permutation per row
+    apply = torch.rand(batch, generator=generator) < p
+    enabled = (brightness > 0, contrast > 0, saturation > 0, hue > 0)
+    return JitterParams(factors, order, apply, enabled)
+
+
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def color_jitter(x: Tensor, params: JitterParams) -> Tensor:
+    """Apply brightness/contrast/saturation/hue in a random order per sample.
+
+    In round ``r`` (of 4), op ``k`` is applied to the samples with ``order[:, r] == k``
+    (and ``apply``), so every jittered sample gets each op once in its own order, and the
+    total work is that of 4 ops on the jittered samples. Index sets are computed on the
+    CPU (where the parameters live), so CUDA inputs need no device->host sync.
+    """
+    factors, order, apply, enabled = params
+    factors, order, apply = factors.cpu(), order.cpu(), apply.cpu()
+    if x.shape[0] != apply.shape[0]:
+        raise ValueError(f"jitter params are for batch {apply.shape[0]}, images have batch {x.shape[0]}")
+    if not bool(apply.any()) or not any(enabled):
+        return x
+    out = x.clone()
+    for r in range(4):
+        for k, op in enumerate(_JITTER_OPS):
+            if not enabled[k] or (k >= 2 and x.shape[-3] == 1):
+                continue
+            idx = torch.nonzero(apply & (order[:, r] == k)).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            dev_idx = idx.to(x.device, non_blocking=True)
+            out.index_copy_(0, dev_idx, op(out.index_select(0, dev_idx), factors[idx, k]))
+    return out
+
+
+def random_grayscale(x: Tensor, apply: Tensor) -> Tensor:
+    """Replace the samples where ``apply`` is True by their luma, repeated on all channels."""
+    if x.shape[-3] == 1:
+        return x
+    mask = apply.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+    return torch.where(mask, rgb_to_grayscale(x).expand_as(x), x)

@@ -1,0 +1,124 @@
+"""Batched random-resized-crop + horizontal flip with per-sample parameters.
+
+The crop is the geometric augmentation that SimCLR, BYOL, DINO and most joint-embedding
+methods rely on (Cookbook, Sec. "Role of Data-Augmentation"; multi-crop in "Role of
+multi-crop"). Parameters are drawn like torchvision's ``RandomResizedCrop`` but for a
+whole batch at once; crop, resize and flip are then done in ONE ``F.grid_sample`` call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["sample_crop_params", "sample_apply", "crop_theta", "resized_crop_flip"]
+
+
+def _check_range(name: str, value: tuple[float, float], low: float = 0.0) -> None:
+    if len(value) != 2 or not (low < value[0] <= value[1]):
+        raise ValueError(f"{name} must be (min, max) with {low} < min <= max, got {value}; pass e.g. {name}=(0.08, 1.0)")
+
+
+def sample_apply(batch: int, p: float, generator: torch.Generator) -> Tensor:
+    """Per-sample Bernoulli(p) mask, Tensor[B] bool on CPU (which samples get an op)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"probability must be in [0, 1], got {p}")
+    return torch.rand(batch, generator=generator) < p
+
+
+def sample_crop_params(
+    batch: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    generator: torch.Generator | None = None,
+    tries: int = 10,
+) -> Tensor:
+    """Draw per-sample crop boxes like torchvision's ``RandomResizedCrop``, vectorised.
+
+    For each sample, ``tries`` candidates are drawn with area ``s * H * W``, ``s ~ U(scale)``
+    and aspect ratio ``r = exp(U(log ratio))``, giving ``w = round(sqrt(s H W r))`` and
+    ``h = round(sqrt(s H W / r))``; the first candidate that fits in the image is kept and
+    placed uniformly. Samples with no fitting candidate fall back to the largest centred
+    crop whose aspect ratio is clamped to ``ratio`` (torchvision's fallback).
+
+    Returns a CPU ``Tensor[B, 4]`` (int64) of ``(top, left, h, w)`` in input pixels.
+    """
+    if generator is None:
+        raise ValueError("sample_crop_params needs an explicit torch.Generator (generator=torch.Generator().manual_seed(0))")
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got height={height}, width={width}")
+    _check_range("scale", scale)
+    _check_range("ratio", ratio)
+    area = float(height * width)
+    u = torch.rand(batch, tries, 2, generator=generator, dtype=torch.float64)
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    w = torch.round(torch.sqrt(target_area * aspect))
+    h = torch.round(torch.sqrt(target_area / aspect))
+    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of first valid try
+    found = valid.any(dim=1)
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+    # torchvision's fallback: centre crop with the aspect ratio clamped into `ratio`.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fw, fh = int(round(height * ratio[1])), height
+    else:
+        fw, fh = width, height
+    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, torch.full_like(h, fh))
+    pos = torch.rand(batch, 2, generator=generator, dtype=torch.float64)
+    top = torch.minimum(torch.floor(pos[:, 0] * (height - h + 1)), height - h)
+    left = torch.minimum(torch.floor(pos[:, 1] * (width - w + 1)), width - w)
+    top = torch.where(found, top, torch.div(height - h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(width - w, 2, rounding_mode="floor"))
+    return torch.stack([top, left, h, w], dim=1).long()
+
+
+def crop_theta(boxes: Tensor, flip: Tensor, height: int, width: int) -> Tensor:
+    """Affine matrices ``Tensor[B, 2, 3]`` mapping output to input coords (``align_corners=False``).
+
+    An output coordinate ``s in [-1, 1]`` maps to the input coordinate
+    ``x = a s + b`` with ``a = +-w / W`` (negative when flipped) and ``b = (2 left + w) / W - 1``,
+    and likewise for rows with ``h / H`` and ``top``. Pixel centres of the box are sampled,
+    so a full-image crop at the input size is the identity.
+    """
+    boxes = boxes.to(torch.float64)
+    top, left, h, w = boxes.unbind(dim=1)
+    sign = 1.0 - 2.0 * flip.to(torch.float64)
+    theta = torch.zeros(boxes.shape[0], 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = sign * w / width
+    theta[:, 0, 2] = (2.0 * left + w) / width - 1.0
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2.0 * top + h) / height - 1.0
+    return theta
+
+
+def resized_crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Crop each sample to its box, flip where ``flip`` is True, and resize to ``size``.
+
+    One bilinear ``F.grid_sample`` (no antialiasing, border padding) on float images
+    ``x: Tensor[B, C, H, W]``; ``boxes`` is ``Tensor[B, 4]`` of ``(top, left, h, w)``.
+    Sizes larger than the input upsample. Returns ``Tensor[B, C, *size]`` of x's dtype.
+    """
+    if isinstance(size, int):
+        size = (size, size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"crop size must be a positive int or (h, w), got {size}")
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"resized_crop_flip expects float images Tensor[B, C, H, W], got {tuple(x.shape)} {x.dtype}")
+    b, c, hgt, wid = x.shape
+    if boxes.shape != (b, 4) or flip.shape != (b,):
+        raise ValueError(f"boxes must be Tensor[{b}, 4] and flip Tensor[{b}], got {tuple(boxes.shape)}, {tuple(flip.shape)}")
+    theta = crop_theta(boxes.cpu(), flip.cpu(), hgt, wid).to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, [b, c, size[0], size[1]], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

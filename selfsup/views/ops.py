@@ -1,0 +1,131 @@
+"""Functional batched augmentation ops (float images in [0, 1], per-sample parameters).
+
+Gaussian blur, solarization and normalisation live here; crop/flip and colour ops are
+re-exported from :mod:`selfsup.views.crop` and :mod:`selfsup.views.color` so that
+``selfsup.views.ops`` is the one place to import every op from. Blur and solarization are
+BYOL's asymmetric augmentations (Cookbook, Sec. "Role of Data-Augmentation").
+Parameter sampling (``sample_*``) is separate from application so the math can be tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from selfsup.views.color import (
+    JitterParams,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    color_jitter,
+    random_grayscale,
+    rgb_to_grayscale,
+    sample_jitter_params,
+)
+from selfsup.views.crop import crop_theta, resized_crop_flip, sample_apply, sample_crop_params
+
+__all__ = [
+    "JitterParams",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "blur_kernel_size",
+    "color_jitter",
+    "crop_theta",
+    "gaussian_blur",
+    "gaussian_kernels",
+    "normalize",
+    "random_grayscale",
+    "resized_crop_flip",
+    "rgb_to_grayscale",
+    "sample_apply",
+    "sample_blur_sigma",
+    "sample_crop_params",
+    "sample_jitter_params",
+    "solarize",
+]
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """SimCLR's blur kernel: ~10% of the image side, made odd, at least 3 (23 for 224 px)."""
+    if image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    k = int(0.1 * image_size)
+    return max(3, k if k % 2 == 1 else k + 1)
+
+
+def sample_blur_sigma(batch: int, sigma: tuple[float, float], generator: torch.Generator) -> Tensor:
+    """Per-sample blur std ``sigma ~ U(sigma_min, sigma_max)``, CPU ``Tensor[B]``."""
+    if len(sigma) != 2 or not 0.0 < sigma[0] <= sigma[1]:
+        raise ValueError(f"blur_sigma must be (min, max) with 0 < min <= max, got {sigma}")
+    return sigma[0] + (sigma[1] - sigma[0]) * torch.rand(batch, generator=generator)
+
+
+def gaussian_kernels(sigma: Tensor, kernel_size: int) -> Tensor:
+    """Normalised 1-D Gaussian kernels ``k_b(t) ∝ exp(-t^2 / (2 sigma_b^2))``, ``t = -(K-1)/2..(K-1)/2``.
+
+    Returns ``Tensor[B, K]`` (same dtype/device as ``sigma``).
+    """
+    if kernel_size <= 0 or kernel_size % 2 == 0:
+        raise ValueError(f"blur kernel_size must be a positive odd int, got {kernel_size}")
+    t = torch.arange(kernel_size, dtype=sigma.dtype, device=sigma.device) - (kernel_size - 1) / 2.0
+    k = torch.exp(-0.5 * (t / sigma.unsqueeze(1)) ** 2)
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def _blur_all(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    b, c, h, w = x.shape
+    pad = kernel_size // 2
+    if pad >= min(h, w):
+        raise ValueError(f"blur kernel_size {kernel_size} too large for {h}x{w} images; use kernel_size < {2 * min(h, w)}")
+    k = gaussian_kernels(sigma.to(torch.float64), kernel_size).to(device=x.device, dtype=x.dtype)
+    k = k.repeat_interleave(c, dim=0)  # one kernel per (sample, channel) group
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, b * c, h + 2 * pad, w + 2 * pad)
+    # Separable depthwise conv: rows then columns, one group per (sample, channel).
+    y = F.conv2d(xp, k.view(b * c, 1, 1, kernel_size), groups=b * c)
+    y = F.conv2d(y, k.view(b * c, 1, kernel_size, 1), groups=b * c)
+    return y.view(b, c, h, w)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, apply: Tensor | None = None) -> Tensor:
+    """Per-sample Gaussian blur with reflect padding (as torchvision ``gaussian_blur``).
+
+    ``sigma: Tensor[B]``; ``apply: Tensor[B]`` bool selects the samples to blur (others are
+    returned unchanged, and cost nothing). Uses a grouped (depthwise) separable conv.
+    """
+    if sigma.shape != (x.shape[0],):
+        raise ValueError(f"sigma must be Tensor[{x.shape[0]}], got {tuple(sigma.shape)}")
+    if apply is None:
+        return _blur_all(x, sigma, kernel_size)
+    apply = apply.cpu()
+    if not bool(apply.any()):
+        return x
+    if bool(apply.all()):
+        return _blur_all(x, sigma, kernel_size)
+    idx = torch.nonzero(apply).squeeze(1)
+    dev_idx = idx.to(x.device, non_blocking=True)
+    return x.index_copy(0, dev_idx, _blur_all(x.index_select(0, dev_idx), sigma.cpu()[idx], kernel_size))
+
+
+def solarize(x: Tensor, apply: Tensor, threshold: float = 0.5) -> Tensor:
+    """Solarization: ``x' = 1 - x`` where ``x >= threshold`` (default half the range), per sample."""
+    mask = apply.to(x.device, non_blocking=True).view(-1, 1, 1, 1) & (x >= threshold)
+    return torch.where(mask, 1.0 - x, x)
+
+
+def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, inplace: bool = False) -> Tensor:
+    """Per-channel ``(x - mean) / std``."""
+    c = x.shape[-3]
+    if not isinstance(std, Tensor) and any(float(s) <= 0 for s in std):
+        raise ValueError(f"std must be positive, got {list(std)}")
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(-1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(-1)
+    if mean_t.numel() != c or std_t.numel() != c:
+        raise ValueError(f"mean/std need {c} values for {c}-channel images, got {mean_t.numel()} and {std_t.numel()}")
+    out = x if inplace else x.clone()
+    return out.sub_(mean_t.view(c, 1, 1)).div_(std_t.view(c, 1, 1))

@@ -1,0 +1,390 @@
+"""View pipelines: a ``ViewSpec`` per view, ``MultiView`` for the set, and paper recipes.
+
+SimCLR (Chen et al. 2020) uses two symmetric views; BYOL (Grill et al. 2020) two
+asymmetric ones (blur / solarization probabilities differ); SwAV / DINO add small local
+crops to two global ones ("multi-crop", Cookbook Sec. "Role of multi-crop"). Everything is
+batched: ``x: Tensor[B, C, H, W]`` uint8 on any device, per-sample randomness drawn on the
+CPU from an explicit ``torch.Generator`` (so runs are reproducible and resume is exact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from selfsup.views.color import JitterParams, color_jitter, random_grayscale, sample_jitter_params
+from selfsup.views.crop import resized_crop_flip, sample_apply, sample_crop_params
+from selfsup.views.ops import blur_kernel_size, gaussian_blur, normalize, sample_blur_sigma, solarize
+
+__all__ = [
+    "ViewSpec",
+    "ViewParams",
+    "sample_view_params",
+    "apply_view",
+    "MultiView",
+    "default_mean_std",
+    "mean_std_of",
+    "local_crop_size",
+    "replace_all",
+    "simclr_views",
+    "byol_views",
+    "multicrop_views",
+    "build_views",
+    "VIEW_KINDS",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _pair(name: str, value: Sequence[float]) -> tuple[float, float]:
+    v = tuple(float(t) for t in value)
+    if len(v) != 2 or not 0.0 < v[0] <= v[1]:
+        raise ValueError(f"{name} must be (min, max) with 0 < min <= max, got {value}")
+    return v  # type: ignore[return-value]
+
+
+def _prob(name: str, p: float) -> float:
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+    return float(p)
+
+
+@dataclass
+class ViewSpec:
+    """How to make one view.
+
+    size: output side in pixels (square). scale: crop area fraction range. ratio: aspect
+    ratio range (sampled log-uniformly). flip_p: horizontal flip probability.
+    jitter: (brightness, contrast, saturation, hue, p) of colour jitter.
+    gray_p: random grayscale probability. blur_p, blur_sigma: Gaussian blur probability and
+    std range in output pixels; blur_kernel: odd kernel side (None: ~10% of ``size``, as SimCLR).
+    solarize_p: solarization probability (threshold: half the range).
+    """
+
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
+    gray_p: float = 0.0
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int | None = None
+    solarize_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0:
+            raise ValueError(f"ViewSpec.size must be a positive int (output side in pixels), got {self.size!r}")
+        self.scale = _pair("scale", self.scale)
+        self.ratio = _pair("ratio", self.ratio)
+        self.blur_sigma = _pair("blur_sigma", self.blur_sigma)
+        jitter = tuple(float(t) for t in self.jitter)
+        if len(jitter) != 5 or min(jitter[:4]) < 0 or jitter[3] > 0.5:
+            raise ValueError(
+                f"jitter must be (brightness, contrast, saturation, hue, p) with values >= 0 and hue <= 0.5, got {self.jitter}"
+            )
+        _prob("jitter p", jitter[4])
+        self.jitter = jitter  # type: ignore[assignment]
+        self.flip_p = _prob("flip_p", self.flip_p)
+        self.gray_p = _prob("gray_p", self.gray_p)
+        self.blur_p = _prob("blur_p", self.blur_p)
+        self.solarize_p = _prob("solarize_p", self.solarize_p)
+        if self.blur_kernel is not None and (self.blur_kernel <= 0 or self.blur_kernel % 2 == 0):
+            raise ValueError(f"blur_kernel must be a positive odd int or None, got {self.blur_kernel}")
+
+    @property
+    def kernel_size(self) -> int:
+        """Blur kernel side used for this view."""
+        return self.blur_kernel if self.blur_kernel is not None else blur_kernel_size(self.size)
+
+
+class ViewParams(NamedTuple):
+    """All per-sample random parameters of one view (CPU tensors)."""
+
+    boxes: Tensor  # [B, 4] (top, left, h, w)
+    flip: Tensor  # [B] bool
+    jitter: JitterParams
+    gray: Tensor  # [B] bool
+    blur: Tensor  # [B] bool
+    blur_sigma: Tensor  # [B]
+    solarize: Tensor  # [B] bool
+
+
+def sample_view_params(spec: ViewSpec, batch: int, height: int, width: int, generator: torch.Generator) -> ViewParams:
+    """Draw every random parameter of a view on the CPU, in a fixed order."""
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise ValueError("views need an explicit CPU torch.Generator, e.g. generator=torch.Generator().manual_seed(0)")
+    boxes = sample_crop_params(batch, height, width, spec.scale, spec.ratio, generator)
+    flip = sample_apply(batch, spec.flip_p, generator)
+    jitter = sample_jitter_params(batch, *spec.jitter, generator=generator)
+    gray = sample_apply(batch, spec.gray_p, generator)
+    blur = sample_apply(batch, spec.blur_p, generator)
+    sigma = sample_blur_sigma(batch, spec.blur_sigma, generator)
+    sol = sample_apply(batch, spec.solarize_p, generator)
+    return ViewParams(boxes, flip, jitter, gray, blur, sigma, sol)
+
+
+def _to_unit_float(x: Tensor) -> Tensor:
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"views expect images Tensor[B, C, H, W] with C in (1, 3), got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    if x.is_floating_point():
+        return x
+    raise ValueError(f"views expect uint8 images (or float in [0, 1]), got dtype {x.dtype}")
+
+
+def apply_view(
+    x: Tensor,
+    spec: ViewSpec,
+    mean: Sequence[float],
+    std: Sequence[float],
+    generator: torch.Generator,
+) -> Tensor:
+    """One augmented view of a batch: crop+flip, jitter, grayscale, blur, solarize, normalise.
+
+    ``x``: uint8 ``Tensor[B, C, H, W]`` (or float in [0, 1]) on any device; parameters are
+    drawn per sample from the CPU ``generator``. Returns float32 ``Tensor[B, C, size, size]``.
+    """
+    xf = _to_unit_float(x)
+    b, c, h, w = xf.shape
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"mean/std need {c} values for {c}-channel images, got {len(mean)} and {len(std)}")
+    params = sample_view_params(spec, b, h, w, generator)
+    out = resized_crop_flip(xf, params.boxes, params.flip, spec.size)
+    out = color_jitter(out, params.jitter)
+    if spec.gray_p > 0 and c == 3:
+        out = random_grayscale(out, params.gray)
+    if spec.blur_p > 0:
+        out = gaussian_blur(out, params.blur_sigma, spec.kernel_size, params.blur)
+    if spec.solarize_p > 0:
+        out = solarize(out, params.solarize)
+    # `out` is always a fresh tensor (grid_sample output or later), so normalise in place.
+    return normalize(out, mean, std, inplace=True)
+
+
+class MultiView:
+    """A set of views: ``n_global`` global specs then ``n_local`` local specs.
+
+    ``views = MultiView(globals, locals, mean, std)(x_uint8, generator)`` returns a list of
+    ``Tensor[B, C, size_i, size_i]``, globals first. The uint8 -> float conversion is done
+    once and shared by all views.
+    """
+
+    def __init__(
+        self,
+        global_views: Sequence[ViewSpec],
+        local_views: Sequence[ViewSpec] = (),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if len(global_views) == 0:
+            raise ValueError("MultiView needs at least one global ViewSpec")
+        for v in (*global_views, *local_views):
+            if not isinstance(v, ViewSpec):
+                raise ValueError(f"MultiView takes ViewSpec objects, got {type(v).__name__}")
+        if len(mean) != len(std) or len(mean) not in (1, 3):
+            raise ValueError(f"mean and std need 1 or 3 values each, got {len(mean)} and {len(std)}")
+        if any(float(s) <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {tuple(std)}")
+        self.global_views = list(global_views)
+        self.local_views = list(local_views)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    @property
+    def n_global(self) -> int:
+        return len(self.global_views)
+
+    @property
+    def n_local(self) -> int:
+        return len(self.local_views)
+
+    @property
+    def specs(self) -> list[ViewSpec]:
+        """All view specs, globals first."""
+        return self.global_views + self.local_views
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> list[Tensor]:
+        xf = _to_unit_float(x)
+        if xf.shape[1] != len(self.mean):
+            raise ValueError(
+                f"these views were built for {len(self.mean)}-channel images, got {xf.shape[1]} channels; "
+                "rebuild with matching channels/mean/std"
+            )
+        return [apply_view(xf, spec, self.mean, self.std, generator) for spec in self.specs]
+
+    def __repr__(self) -> str:
+        specs = ",\n  ".join(repr(s) for s in self.specs)
+        return f"MultiView(n_global={self.n_global}, n_local={self.n_local}, mean={self.mean}, std={self.std},\n  {specs})"
+
+
+def default_mean_std(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet mean/std for 3 channels, ``(0.5,), (0.5,)`` for 1 channel."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    if channels == 1:
+        return (0.5,), (0.5,)
+    raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+
+def mean_std_of(x: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of uint8 images ``Tensor[N, C, H, W]`` scaled to [0, 1] (chunked, float64)."""
+    if x.ndim != 4 or x.dtype != torch.uint8 or x.shape[0] == 0:
+        raise ValueError(f"mean_std_of expects a non-empty uint8 Tensor[N, C, H, W], got {tuple(x.shape)} {x.dtype}")
+    c = x.shape[1]
+    s1 = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, x.shape[0], chunk):
+        xc = x[i : i + chunk].to(torch.float64).div_(255.0)
+        s1 += xc.sum(dim=(0, 2, 3)).cpu()
+        s2 += xc.square().sum(dim=(0, 2, 3)).cpu()
+    n = x.numel() // c
+    mean = s1 / n
+    std = (s2 / n - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def local_crop_size(image_size: int) -> int:
+    """DINO's local/global side ratio 96/224 = 3/7, applied to ``image_size``, at least 8 px."""
+    return max(8, round(image_size * 3 / 7))
+
+
+def replace_all(specs: Sequence[ViewSpec], **fields: Any) -> list[ViewSpec]:
+    """Copy of ``specs`` with the given ViewSpec fields replaced in every spec."""
+    return [dataclasses.replace(s, **fields) for s in specs]
+
+
+# ---------------------------------------------------------------------------------------
+# Paper recipes. Crop sizes follow ``image_size``; blur kernels are ~10% of each view's side.
+# Blur sigma keeps the papers' (0.1, 2.0) px, truncated by the kernel on small images.
+# ---------------------------------------------------------------------------------------
+
+_BYOL_JITTER = (0.4, 0.4, 0.2, 0.1, 0.8)
+
+
+def _check_image_size(image_size: int) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive int (the dataset's H == W), got {image_size!r}")
+
+
+def simclr_views(
+    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, strength: float = 1.0
+) -> MultiView:
+    """SimCLR's two symmetric views (Chen et al. 2020, App. A).
+
+    Crop scale (0.08, 1), flip 0.5, colour jitter of strength ``s``:
+    (0.8s, 0.8s, 0.8s, 0.2s) with p 0.8, grayscale 0.2, blur p 0.5, no solarization.
+    SimCLR drops blur on CIFAR-size images, so blur is off when ``image_size <= 32``.
+    """
+    _check_image_size(image_size)
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    s = float(strength)
+    spec = ViewSpec(
+        size=image_size,
+        scale=(0.08, 1.0),
+        jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, 0.8),
+        gray_p=0.2,
+        blur_p=0.0 if image_size <= 32 else 0.5,
+    )
+    return MultiView([spec, dataclasses.replace(spec)], [], mean, std)
+
+
+def _byol_pair(size: int, scale: tuple[float, float]) -> tuple[ViewSpec, ViewSpec]:
+    common = dict(size=size, scale=scale, jitter=_BYOL_JITTER, gray_p=0.2)
+    return ViewSpec(**common, blur_p=1.0, solarize_p=0.0), ViewSpec(**common, blur_p=0.1, solarize_p=0.2)
+
+
+def byol_views(image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> MultiView:
+    """BYOL's two asymmetric views (Grill et al. 2020, Table 6).
+
+    Both: crop scale (0.08, 1), flip 0.5, jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2.
+    View 1: blur p 1.0, solarize p 0. View 2: blur p 0.1, solarize p 0.2.
+    """
+    _check_image_size(image_size)
+    return MultiView(list(_byol_pair(image_size, (0.08, 1.0))), [], mean, std)
+
+
+def multicrop_views(
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    n_global: int = 2,
+    n_local: int = 6,
+    global_scale: tuple[float, float] = (0.4, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.4),
+    local_size: int | None = None,
+) -> MultiView:
+    """SwAV / DINO multi-crop (Caron et al. 2020, 2021): large global crops + small local ones.
+
+    Globals (side ``image_size``, scale ``global_scale``) alternate DINO's two asymmetric
+    global transforms (blur 1.0 / blur 0.1 + solarize 0.2); locals (side ``local_size``,
+    default 3/7 of ``image_size`` like 96/224, >= 8 px; scale ``local_scale``) use blur 0.5.
+    All views: flip 0.5, jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2.
+    """
+    _check_image_size(image_size)
+    if isinstance(n_global, bool) or not isinstance(n_global, int) or n_global < 1:
+        raise ValueError(f"n_global must be an int >= 1, got {n_global!r}")
+    if isinstance(n_local, bool) or not isinstance(n_local, int) or n_local < 0:
+        raise ValueError(f"n_local must be an int >= 0, got {n_local!r}")
+    if local_size is None:
+        local_size = local_crop_size(image_size)
+    pair = _byol_pair(image_size, tuple(global_scale))  # type: ignore[arg-type]
+    globals_ = [dataclasses.replace(pair[i % 2]) for i in range(n_global)]
+    local = ViewSpec(size=local_size, scale=tuple(local_scale), jitter=_BYOL_JITTER, gray_p=0.2, blur_p=0.5)  # type: ignore[arg-type]
+    return MultiView(globals_, [dataclasses.replace(local) for _ in range(n_local)], mean, std)
+
+
+_RECIPES = {"simclr": simclr_views, "byol": byol_views, "multicrop": multicrop_views}
+_RECIPE_EXTRAS = {
+    "simclr": {"strength"},
+    "byol": set(),
+    "multicrop": {"n_global", "n_local", "global_scale", "local_scale", "local_size"},
+}
+VIEW_KINDS = tuple(_RECIPES)
+
+
+def build_views(
+    kind: str,
+    image_size: int,
+    channels: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **overrides: Any,
+) -> MultiView:
+    """Build a recipe's ``MultiView`` by name: ``kind`` in {"simclr", "byol", "multicrop"}.
+
+    ``overrides`` are ViewSpec fields applied to every view (e.g. ``scale=(0.2, 1.0)``,
+    ``blur_p=0.0``) plus the recipe's own arguments (simclr: ``strength``; multicrop:
+    ``n_global``, ``n_local``, ``global_scale``, ``local_scale``, ``local_size``).
+    mean/std default to :func:`default_mean_std` of ``channels``.
+    """
+    if kind not in _RECIPES:
+        raise ValueError(f"unknown view kind {kind!r}; choose one of {', '.join(VIEW_KINDS)}")
+    default_mean, default_std = default_mean_std(channels)
+    mean = default_mean if mean is None else tuple(mean)
+    std = default_std if std is None else tuple(std)
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean/std need {channels} values for {channels}-channel images, got {len(mean)} and {len(std)}")
+    spec_fields = {f.name for f in dataclasses.fields(ViewSpec)}
+    extras = _RECIPE_EXTRAS[kind]
+    unknown = sorted(set(overrides) - spec_fields - extras)
+    if unknown:
+        raise ValueError(
+            f"unknown override(s) {unknown} for kind {kind!r}; valid: {sorted(spec_fields | extras)}"
+        )
+    recipe_args = {k: v for k, v in overrides.items() if k in extras}
+    field_args = {k: v for k, v in overrides.items() if k in spec_fields}
+    views = _RECIPES[kind](image_size, mean, std, **recipe_args)
+    if field_args:
+        views = MultiView(
+            replace_all(views.global_views, **field_args), replace_all(views.local_views, **field_args), mean, std
+        )
+    return views
