@@ -11,6 +11,11 @@ import torch.nn.functional as F
 from selfsup.losses.distributed import gather, local_offset
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 logits -> fp32 for the softmax; fp32/fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, distributed: bool = True) -> torch.Tensor:
     r"""NT-Xent of SimCLR (Chen et al., 2020), Eq. (1).
 
@@ -33,7 +38,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, distri
     self_idx = torch.cat([idx, idx + n_all])
     pos_idx = torch.cat([idx + n_all, idx])
     rows = torch.arange(2 * n, device=z1.device)
-    logits = logits.float()
+    logits = _upcast(logits)
     logits[rows, self_idx] = float("-inf")
     return F.cross_entropy(logits, pos_idx)
 
@@ -56,4 +61,4 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tenso
     if negatives is not None:
         logits = torch.cat([logits, q @ F.normalize(negatives, dim=1).T], 1)
     labels = torch.arange(q.shape[0], device=q.device) + off
-    return F.cross_entropy(logits.float() / temperature, labels)
+    return F.cross_entropy(_upcast(logits) / temperature, labels)

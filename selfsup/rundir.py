@@ -1,0 +1,68 @@
+"""A run directory and what can be done with it: reload, evaluate, export.
+
+Layout: ``config.yaml`` (the validated recipe), ``metrics.jsonl`` (one row per epoch),
+``checkpoint.pt`` (method, optimizer, probe, RNG, epoch), ``eval.json`` (results),
+``backbone.pt`` (after ``selfsup export``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from selfsup.config import Recipe, validate
+from selfsup.train import checkpoint as ckpt
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory '{run}' does not exist; pass the directory `selfsup train` printed")
+    for name in ("config.yaml", "checkpoint.pt"):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"'{run}' has no {name}; it is not a finished selfsup run directory")
+    return run
+
+
+def load_recipe_of(run_dir: str | Path) -> Recipe:
+    import yaml
+
+    run = check_run_dir(run_dir)
+    return validate(yaml.safe_load((run / "config.yaml").read_text()))
+
+
+def load_backbone(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The pretrained backbone of a run (eval mode) and the run's metadata
+    (channels, image_size, mean, std, feat_dim, num_classes)."""
+    from selfsup.train.loop import build_method
+
+    run = check_run_dir(run_dir)
+    recipe = load_recipe_of(run)
+    state = ckpt.load(run / "checkpoint.pt", map_location=device)
+    meta = state["meta"]
+    method = build_method(recipe, meta["channels"], meta["image_size"])
+    method.load_state_dict(state["method"])
+    backbone = method.backbone.to(device).eval()
+    meta = dict(meta, epoch=state["epoch"], probe=state.get("probe"))
+    return backbone, meta
+
+
+def export_backbone(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the backbone's weights alone (a plain state dict; for ResNets the keys are
+    torchvision's, so it loads into ``torchvision.models.resnetXX()`` built with the same stem,
+    e.g. :func:`selfsup.nets.torchvision_resnet`, with only ``fc`` missing)."""
+    backbone, _ = load_backbone(run_dir)
+    out = Path(out) if out else Path(run_dir) / "backbone.pt"
+    ckpt.save_atomic({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, out)
+    return out
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
