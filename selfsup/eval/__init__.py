@@ -1,0 +1,64 @@
+"""Evaluation protocols and label-free diagnostics on frozen features (cookbook, "Evaluating Your
+SSL Models"): kNN, linear / MLP / low-shot probes, retrieval, RankMe, alpha-ReQ, LiDAR, collapse
+monitoring, plots and run reports. Evaluators take feature tensors ``[N, D]`` and int64 labels."""
+
+from .evaluate import evaluate
+from .features import extract_features
+from .knn import knn_classify, knn_protocol
+from .lowshot import lowshot_linear
+from .metrics import Metric, format_value, metrics_from_dict, metrics_from_knn, metrics_from_probe, results_table
+from .mlp_probe import mlp_probe
+from .monitor import CollapseMonitor, normalized_std
+from .plots import plot_curves, plot_embedding_2d, plot_spectrum
+from .probe import linear_probe
+from .probe_common import ProbeResult
+from .report import collect_metrics, write_report
+from .retrieval import retrieval_metrics
+from .spectrum import (
+    PowerLawFit,
+    alpha_req,
+    covariance_eigenvalues,
+    lidar,
+    powerlaw_fit,
+    rankme,
+    singular_values,
+    spectrum_auc,
+    thresholded_rank,
+)
+from .splits import lowshot_indices, stratified_split
+
+__all__ = [
+    "CollapseMonitor",
+    "Metric",
+    "PowerLawFit",
+    "ProbeResult",
+    "alpha_req",
+    "collect_metrics",
+    "covariance_eigenvalues",
+    "evaluate",
+    "extract_features",
+    "format_value",
+    "knn_classify",
+    "knn_protocol",
+    "lidar",
+    "linear_probe",
+    "lowshot_indices",
+    "lowshot_linear",
+    "metrics_from_dict",
+    "metrics_from_knn",
+    "metrics_from_probe",
+    "mlp_probe",
+    "normalized_std",
+    "plot_curves",
+    "plot_embedding_2d",
+    "plot_spectrum",
+    "powerlaw_fit",
+    "rankme",
+    "results_table",
+    "retrieval_metrics",
+    "singular_values",
+    "spectrum_auc",
+    "stratified_split",
+    "thresholded_rank",
+    "write_report",
+]
