@@ -19,7 +19,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from selfsup.config import ConfigError, Recipe, to_dict
-from selfsup.data import DataSplits, EpochSampler, check_batch_size, load_data
+from selfsup.data import DataSplits, EpochSampler, Prefetcher, check_batch_size, load_data
 from selfsup.eval.spectrum import rankme
 from selfsup.methods import METHODS, Method
 from selfsup.nets import build_backbone, feature_dim
@@ -140,17 +140,15 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         correct = seen = 0
         feats_seen: list[torch.Tensor] = []
         t_epoch = time.perf_counter()
-        for step, idx in enumerate(sampler.batches(epoch)):
+        batches = Prefetcher(train_set, sampler, epoch, env.device, pin_memory=env.device.type == "cuda")
+        t0 = time.perf_counter()
+        for step, (x, y) in enumerate(batches):
+            t1 = time.perf_counter()
             progress = (epoch * steps + step) / (epochs * steps)
             lr = warmup_cosine(peak_lr, progress, warmup, cfg.optim.final_lr_ratio * peak_lr)
             wd = cosine(cfg.optim.weight_decay, wd_end, progress)
             set_lr_wd(opt, lr, wd)
 
-            t0 = time.perf_counter()
-            x, y = train_set.batch(idx)
-            x = x.to(env.device, non_blocking=True)
-            y = y.to(env.device, non_blocking=True) if y is not None else None
-            t1 = time.perf_counter()
             with torch.no_grad():
                 views = views_fn(x, gen)
             if cfg.train.channels_last:
@@ -187,6 +185,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
             t3 = time.perf_counter()
 
             t_data, t_aug, t_model = t_data + t1 - t0, t_aug + t2 - t1, t_model + t3 - t2
+            t0 = time.perf_counter()
             for k, v in {"loss": loss.item(), **{k: float(v) for k, v in out.items() if v.dim() == 0 and k != "loss"},
                          **extra}.items():
                 sums[k] = sums.get(k, 0.0) + v
