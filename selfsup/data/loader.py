@@ -139,7 +139,7 @@ class Prefetcher:
         if len(arrays) != sampler.n:
             raise DataError(f"the sampler is for {sampler.n} rows but the split has {len(arrays)}; rebuild the sampler")
         self.device = torch.device(device)
-        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.pin_memory = pin_memory and self.device.type == "cuda"
         self._steps = sampler.steps_per_epoch - start_step
         indices = sampler.batches(epoch, start_step)  # validates start_step now, not in the thread
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
