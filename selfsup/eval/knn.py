@@ -48,7 +48,6 @@ def rank_classes(votes: Tensor) -> Tensor:
     return torch.sort(votes, dim=1, descending=True, stable=True).indices
 
 
-@torch.no_grad()
 def knn_classify(
     train_f: Tensor,
     train_y: Tensor,
@@ -83,6 +82,8 @@ def knn_classify(
     if test_y is not None:
         test_y = check_labels(test_y, test_f.shape[0], "test_y")
     ks = check_positive_ints(ks, "ks")
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     if vote not in ("weighted", "majority"):
         raise ValueError(f"vote must be 'weighted' or 'majority', got {vote!r}")
     temps: tuple[float | None, ...] = (
@@ -95,10 +96,30 @@ def knn_classify(
     if max(ks) > n_train:
         warnings.warn(f"k={max(ks)} exceeds the {n_train} training samples; clipping k to {n_train}", stacklevel=2)
     eff_k = {k: min(k, n_train) for k in ks}
+    dev = resolve_device(device, train_f)
+    return _vote_pass(
+        train_f, train_y, test_f, test_y, eff_k, temps, metric, num_classes, chunk_size, return_predictions, dev
+    )
+
+
+@torch.no_grad()
+def _vote_pass(
+    train_f: Tensor,
+    train_y: Tensor,
+    test_f: Tensor,
+    test_y: Tensor | None,
+    eff_k: dict[int, int],
+    temps: tuple[float | None, ...],
+    metric: str,
+    num_classes: int,
+    chunk_size: int,
+    return_predictions: bool,
+    dev: torch.device,
+) -> dict[KnnKey, dict[str, float | Tensor]]:
+    """The single chunked pass of :func:`knn_classify` over the test features (inputs validated)."""
+    ks = tuple(eff_k)
     k_top = max(eff_k.values())
     top_n = min(5, num_classes)
-
-    dev = resolve_device(device, train_f)
     keys = prepare_metric(train_f.to(dev, torch.float32), metric)
     key_labels = train_y.to(dev)
     combos = [(k, t) for k in ks for t in temps]

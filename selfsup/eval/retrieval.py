@@ -16,7 +16,6 @@ from ._checks import check_features, check_labels, check_positive_ints, check_sa
 from .knn import prepare_metric, similarity
 
 
-@torch.no_grad()
 def retrieval_metrics(
     query_f: Tensor,
     query_y: Tensor,
@@ -58,6 +57,30 @@ def retrieval_metrics(
         raise ValueError(f"recall@{max(ks)} needs at least {max(ks)} gallery items, have {n_gallery}; lower ks")
 
     dev = resolve_device(device, query_f)
+    ap_sum, n_valid, hits = _rank_pass(query_f, query_y, gallery_f, gallery_y, ks, metric, chunk_size, leave_one_out, dev)
+    skipped = query_f.shape[0] - n_valid
+    if n_valid == 0:
+        raise ValueError("no query has a relevant (same-label) item in the gallery; check the labels")
+    if skipped:
+        warnings.warn(f"{skipped} queries have no same-label gallery item and were skipped", stacklevel=2)
+    out = {"mAP": ap_sum / n_valid}
+    out.update({f"recall@{k}": hits[k] / n_valid for k in ks})
+    return out
+
+
+@torch.no_grad()
+def _rank_pass(
+    query_f: Tensor,
+    query_y: Tensor,
+    gallery_f: Tensor,
+    gallery_y: Tensor,
+    ks: tuple[int, ...],
+    metric: str,
+    chunk_size: int,
+    leave_one_out: bool,
+    dev: torch.device,
+) -> tuple[float, int, dict[int, int]]:
+    """Chunked ranking; returns (sum of AP, number of queries with a relevant item, Recall@k hit counts)."""
     keys = prepare_metric(gallery_f.to(dev, torch.float32), metric)
     key_y = gallery_y.to(dev)
     ap_sum, n_valid = 0.0, 0
@@ -83,11 +106,4 @@ def retrieval_metrics(
         n_valid += int(valid.sum())
         for k in ks:
             hits[k] += int(rel[valid, :k].any(dim=1).sum())
-    skipped = query_f.shape[0] - n_valid
-    if n_valid == 0:
-        raise ValueError("no query has a relevant (same-label) item in the gallery; check the labels")
-    if skipped:
-        warnings.warn(f"{skipped} queries have no same-label gallery item and were skipped", stacklevel=2)
-    out = {"mAP": ap_sum / n_valid}
-    out.update({f"recall@{k}": hits[k] / n_valid for k in ks})
-    return out
+    return ap_sum, n_valid, hits
