@@ -62,6 +62,11 @@ class Method(nn.Module):
         (the embeddings the loss sees for view 0, detached) for logging and the online probe."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def before_epoch(self, epoch: int) -> dict[str, float]:
+        """Work at the start of each epoch (e.g. DeepCluster-v2's k-means). Returns values to log."""
+        return {}
+
     def on_backward(self, progress: float) -> None:
         """Gradient surgery between backward and the optimizer step (e.g. DINO's frozen last layer)."""
 
@@ -72,7 +77,7 @@ class Method(nn.Module):
 
     def param_groups(self) -> list[dict]:
         """Parameter groups for the optimizer. Keys beyond torch's: ``lr_scale`` (multiplies the
-        scheduled lr), ``fixed_lr`` (ignore the schedule), ``no_decay`` (no weight decay and no
+        scheduled lr), ``fixed_lr`` (keep the peak lr, no schedule), ``no_decay`` (no weight decay and no
         LARS adaptation). The default puts biases and norm parameters in a ``no_decay`` group."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():

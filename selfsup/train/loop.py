@@ -50,11 +50,12 @@ def make_run_dir(recipe: Recipe) -> Path:
 
 
 def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False, data: DataSplits | None = None,
-          backbone: nn.Module | None = None, stop_after_epoch: int | None = None, log=print) -> Path:
+          backbone: nn.Module | None = None, method: Method | None = None, stop_after_epoch: int | None = None,
+          log=print) -> Path:
     """Pretrain ``recipe`` and return the run directory.
 
     ``resume=True`` continues the run in ``run_dir`` from its last checkpoint, exactly.
-    ``data`` and ``backbone`` let Python users bring their own; ``stop_after_epoch``
+    ``data``, ``backbone`` or a whole ``method`` let Python users bring their own; ``stop_after_epoch``
     ends early (used to test interruption).
     """
     cfg, env = recipe, setup_env(recipe.train.device)
@@ -81,7 +82,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         raise ConfigError(f"method {cfg.method.name} needs labels but the training data has none")
 
     # ---- model, optimizer, probe --------------------------------------------------------
-    method = build_method(cfg, channels, size, backbone).to(env.device)
+    method = (method or build_method(cfg, channels, size, backbone)).to(env.device)
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     opt = build_optimizer(method.param_groups(), cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
@@ -135,6 +136,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         torch.manual_seed(epoch_seed(cfg.train.seed, epoch, env.rank))
         gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch, env.rank))
         model.train()
+        epoch_logs = method.before_epoch(epoch)  # e.g. DeepCluster-v2's k-means
         sums: dict[str, float] = {}
         t_data = t_aug = t_model = 0.0
         correct = seen = 0
@@ -147,7 +149,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
             progress = (epoch * steps + step) / (epochs * steps)
             lr = warmup_cosine(peak_lr, progress, warmup, cfg.optim.final_lr_ratio * peak_lr)
             wd = cosine(cfg.optim.weight_decay, wd_end, progress)
-            set_lr_wd(opt, lr, wd)
+            set_lr_wd(opt, lr, wd, peak_lr)
 
             with torch.no_grad():
                 views = views_fn(x, gen)
@@ -195,7 +197,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
 
         elapsed = time.perf_counter() - t_epoch
         row: dict[str, Any] = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "progress": (epoch + 1) / epochs,
-                               **{k: v / steps for k, v in sums.items()}, "lr": lr, "weight_decay": wd,
+                               **epoch_logs, **{k: v / steps for k, v in sums.items()}, "lr": lr, "weight_decay": wd,
                                "step_time": elapsed / steps, "data_time": t_data / steps, "aug_time": t_aug / steps,
                                "model_time": t_model / steps,
                                "img_per_s": steps * cfg.data.batch_size / elapsed}

@@ -54,7 +54,7 @@ def build_optimizer(groups: list[dict], name: str, lr: float, weight_decay: floa
     groups = [dict(g) for g in groups if len(g["params"])]
     for g in groups:
         g.setdefault("lr_scale", 1.0)
-        g.setdefault("fixed_lr", None)
+        g.setdefault("fixed_lr", False)
         g.setdefault("no_decay", False)
         g["weight_decay"] = 0.0 if g["no_decay"] else weight_decay
     if name == "sgd":
@@ -66,8 +66,10 @@ def build_optimizer(groups: list[dict], name: str, lr: float, weight_decay: floa
     raise ValueError(f"unknown optimizer '{name}'; choose sgd, adamw or lars")
 
 
-def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    """Apply this step's scheduled lr and weight decay to every group, honouring group flags."""
+def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float, peak_lr: float) -> None:
+    """Apply this step's scheduled lr and weight decay to every group, honouring group flags:
+    ``lr_scale`` multiplies the lr; ``fixed_lr`` groups keep ``peak_lr * lr_scale`` throughout
+    (SimSiam's predictor); ``no_decay`` groups get no weight decay."""
     for g in optimizer.param_groups:
-        g["lr"] = g["fixed_lr"] if g.get("fixed_lr") is not None else lr * g.get("lr_scale", 1.0)
+        g["lr"] = (peak_lr if g.get("fixed_lr") else lr) * g.get("lr_scale", 1.0)
         g["weight_decay"] = 0.0 if g.get("no_decay") else weight_decay
