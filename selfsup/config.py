@@ -68,7 +68,7 @@ class TrainConfig(Section):
     online_probe: bool = True
     probe_lr: float = Field(1e-3, gt=0)
     channels_last: bool = False
-    progress_bar: bool = True
+    progress_bar: bool | None = Field(None, description="null: only when stderr is a terminal")
 
 
 class EvalConfig(Section):

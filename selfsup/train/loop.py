@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,8 @@ def _row_text(row: dict[str, Any]) -> str:
 
 
 def _progress(cfg: Recipe, env: Env, total: int, initial: int):
-    if not (cfg.train.progress_bar and env.is_main):
+    show = cfg.train.progress_bar if cfg.train.progress_bar is not None else sys.stderr.isatty()
+    if not (show and env.is_main):
         return None
     from tqdm import tqdm
 
