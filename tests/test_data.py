@@ -413,7 +413,7 @@ def test_sampler_reproducible_per_epoch_and_resumable():
     assert len(tail) == 2 and all(torch.equal(a, c) for a, c in zip(tail, e0[4:]))
     assert list(s.batches(0, start_step=6)) == []
     with pytest.raises(DataError, match="start_step must be in 0..6"):
-        list(s.batches(0, start_step=7))
+        s.batches(0, start_step=7)
     with pytest.raises(DataError, match="rank must be in 0..world_size-1"):
         EpochSampler(50, 8, rank=2, world_size=2)
     assert torch.equal(torch.cat(list(sequential_batches(11, 4))), torch.arange(11))
@@ -447,6 +447,8 @@ def test_prefetcher_stops_thread_on_break_and_reraises_errors():
 
     with pytest.raises(OSError, match="disk vanished"):
         list(Prefetcher(Broken(torch.zeros(8, 1, 4, 4, dtype=torch.uint8)), EpochSampler(8, 2), epoch=0))
+    with pytest.raises(DataError, match="start_step must be in 0..50"):
+        Prefetcher(arr, EpochSampler(100, 2), epoch=0, start_step=51)
     with pytest.raises(DataError, match="sampler is for 8 rows but the split has 100"):
         Prefetcher(arr, EpochSampler(8, 2), epoch=0)
 

@@ -119,16 +119,16 @@ class ImageArray:
         return self.labels is not None
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Gather rows ``idx`` as ``(uint8 [B, C, H, W] contiguous CPU tensor, int64 [B] labels or None)``.
+        """Gather rows ``idx`` as ``(uint8 [B, C, H, W] contiguous tensor, int64 [B] CPU labels or None)``.
 
-        Memory-mapped arrays are read in sorted index order (sequential disk
+        The images come back on the device ``images`` lives on (CPU for numpy). Memory-mapped arrays are read in sorted index order (sequential disk
         access) and the requested order is restored afterwards.
         """
         idx = torch.as_tensor(idx, dtype=torch.int64).reshape(-1).cpu()
         n = len(self)
         if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
             raise IndexError(f"batch index out of range for a split of {n} images")
-        ix = idx.numpy() % n
+        ix = idx.numpy() % max(n, 1)  # negative indices count from the end
         labels = torch.from_numpy(self.labels.numpy()[ix]) if self.labels is not None else None
         if isinstance(self.images, torch.Tensor) and self.images.device.type != "cpu":
             return self.images.index_select(0, idx.to(self.images.device)).contiguous(), labels

@@ -8,6 +8,7 @@ Formats: ``digits`` (built in, the default), ``imagefolder``, ``npz``, ``idx``
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 from .arrays import DataSplits
@@ -77,8 +78,10 @@ def load_data(
         raise DataError(f"unknown data format {format!r}; use one of {', '.join(FORMATS)}")
     if on_corrupt not in ("skip", "error"):
         raise DataError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
-    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-        raise DataError(f"image_size must be a positive integer or None, got {image_size!r}")
+    if image_size is not None:
+        if not isinstance(image_size, numbers.Integral) or isinstance(image_size, bool) or image_size < 1:
+            raise DataError(f"image_size must be a positive integer or None, got {image_size!r}")
+        image_size = int(image_size)
     if format == "digits" or path is None or (str(path) == "digits" and not Path("digits").exists()):
         if path is not None and str(path) != "digits":
             raise DataError(f"format='digits' is the built-in dataset and takes no path (got {path}); drop the path")

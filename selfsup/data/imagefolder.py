@@ -52,8 +52,11 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def looks_like_imagefolder(folder: Path) -> bool:
-    """Whether ``folder`` holds image files directly or in its sub-folders."""
-    return any(_is_image(p) for p in folder.iterdir()) or any(_images_under(d) for d in _subdirs(folder))
+    """Whether ``folder`` holds image files directly or in its sub-folders (stops at the first one found)."""
+    for _, _, filenames in os.walk(folder, followlinks=True):
+        if any(not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in filenames):
+            return True
+    return False
 
 
 @dataclass
@@ -145,12 +148,21 @@ def _decode_all(
             return
         buf[i] = arr  # gray (H, W, 1) broadcasts into all three channels
 
-    if workers > 1 and len(files) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, range(len(files)), chunksize=16))
-    else:
-        for i in range(len(files)):
+    def work_chunk(rows: range) -> None:
+        for i in rows:
             work(i)
+
+    step = max(1, min(256, -(-len(files) // (4 * workers))))  # a few chunks per worker, at most 256 images each
+    chunks = [range(s, min(s + step, len(files))) for s in range(0, len(files), step)]
+    if workers > 1 and len(chunks) > 1:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            for _ in pool.map(work_chunk, chunks):
+                pass
+        finally:  # on a fatal error, do not decode the rest of the dataset first
+            pool.shutdown(wait=True, cancel_futures=True)
+    else:
+        work_chunk(range(len(files)))
     return buf, gray, [(p, err) for _, p, err in sorted(bad, key=lambda b: b[0])]
 
 

@@ -21,16 +21,19 @@ from .errors import DataError
 __all__ = ["EpochSampler", "Prefetcher", "check_batch_size", "sequential_batches"]
 
 
-def check_batch_size(split: ImageArray, batch_size: int, world_size: int = 1) -> None:
-    """Raise :class:`DataError` unless ``split`` holds at least one full global batch ``batch_size * world_size``."""
+def _require_full_batch(n: int, batch_size: int, world_size: int) -> None:
     if batch_size < 1 or world_size < 1:
         raise DataError(f"batch_size ({batch_size}) and world_size ({world_size}) must be >= 1")
-    b = batch_size * world_size
-    if len(split) < b:
+    if n < batch_size * world_size:
         raise DataError(
-            f"dataset has {len(split)} training images but the effective batch is {b}; "
+            f"dataset has {n} training images but the effective batch is {batch_size * world_size}; "
             "lower data.batch_size or add data"
         )
+
+
+def check_batch_size(split: ImageArray, batch_size: int, world_size: int = 1) -> None:
+    """Raise :class:`DataError` unless ``split`` holds at least one full global batch ``batch_size * world_size``."""
+    _require_full_batch(len(split), batch_size, world_size)
 
 
 class EpochSampler:
@@ -46,13 +49,7 @@ class EpochSampler:
                  shuffle: bool = True) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
-        if batch_size < 1:
-            raise DataError(f"batch_size must be >= 1, got {batch_size}")
-        if n < batch_size * world_size:
-            raise DataError(
-                f"dataset has {n} training images but the effective batch is {batch_size * world_size}; "
-                "lower data.batch_size or add data"
-            )
+        _require_full_batch(n, batch_size, world_size)
         self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
         self.seed, self.shuffle = seed, shuffle
 
@@ -77,10 +74,15 @@ class EpochSampler:
         return torch.randperm(self.n, generator=g)
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[torch.Tensor]:
-        """Yield this rank's index tensors for steps ``start_step .. steps_per_epoch - 1`` of ``epoch``."""
+        """Yield this rank's index tensors for steps ``start_step .. steps_per_epoch - 1`` of ``epoch``.
+
+        ``start_step`` is checked here, at the call, not at the first ``next()``.
+        """
         if not 0 <= start_step <= self.steps_per_epoch:
             raise DataError(f"start_step must be in 0..{self.steps_per_epoch}, got {start_step}")
-        perm = self.permutation(epoch)
+        return self._iter(self.permutation(epoch), start_step)
+
+    def _iter(self, perm: torch.Tensor, start_step: int) -> Iterator[torch.Tensor]:
         g, lo = self.global_batch_size, self.rank * self.batch_size
         for s in range(start_step, self.steps_per_epoch):
             yield perm[s * g + lo : s * g + lo + self.batch_size]
