@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -49,7 +48,6 @@ class CollapseMonitor:
         self.history: list[dict[str, float]] = []
         self._warned: set[str] = set()
 
-    @torch.no_grad()
     def update(self, z: Tensor, step: int | None = None) -> list[str]:
         """Measure one batch of embeddings ``[N, dim]`` (N >= 2); return the collapse warnings."""
         z = check_features(z, "z")

@@ -48,6 +48,8 @@ def retrieval_metrics(
             raise ValueError("gallery_f given without gallery_y; pass both")
         gallery_y = check_labels(gallery_y, gallery_f.shape[0], "gallery_y")
     ks = check_positive_ints(ks, "ks")
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n_gallery = gallery_f.shape[0] - (1 if leave_one_out else 0)
