@@ -6,8 +6,6 @@ import gzip
 import os
 import pickle
 import struct
-import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,6 @@ from PIL import Image
 from selfsup.data import (
     DataError,
     DataPathError,
-    DataSplits,
     EpochSampler,
     ImageArray,
     Prefetcher,
@@ -293,6 +290,8 @@ def test_idx_folder(tmp_path, gz):
     assert tuple(s.train.images.shape) == (6, 1, 5, 5) and s.num_classes == 10
     assert torch.equal(s.train.batch(torch.arange(6))[0][:, 0], torch.from_numpy(x))
     assert s.train.labels.tolist() == y.tolist() and s.test.labels.tolist() == [9, 0]
+    up = load_data(tmp_path, image_size=10)  # resized chunk-wise from the memory map / decompressed array
+    assert tuple(up.test.images.shape) == (2, 1, 10, 10) and up.test.images.dtype == torch.uint8
 
 
 def test_idx_errors(tmp_path):
@@ -370,6 +369,8 @@ def test_load_data_path_and_format_errors(tmp_path):
         load_data(tmp_path / "notes.txt")
     with pytest.raises(DataError, match="unknown data format 'hdf5'; use one of auto, digits"):
         load_data(tmp_path, format="hdf5")
+    with pytest.raises(DataError, match="image_size must be a positive integer"):
+        load_data(None, image_size=0)
     with pytest.raises(DataError, match="on_corrupt must be 'skip' or 'error'"):
         load_data(None, on_corrupt="ignore")
     with pytest.raises(DataError, match="needs a .npz file"):

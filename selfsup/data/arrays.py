@@ -42,7 +42,10 @@ def resize_center_crop(images: torch.Tensor | np.ndarray, size: int, chunk: int 
     out = torch.empty((n, c, size, size), dtype=torch.uint8)
     for start in range(0, n, chunk):
         part = images[start : start + chunk]
-        x = torch.from_numpy(np.ascontiguousarray(part)) if isinstance(part, np.ndarray) else part.contiguous()
+        if isinstance(part, np.ndarray):
+            x = torch.from_numpy(np.require(part, requirements=["C", "W"]))  # copies read-only memmap rows
+        else:
+            x = part.contiguous()
         if min(x.shape[-2:]) != size:
             x = TF.resize(x, size, antialias=True)
         out[start : start + chunk] = TF.center_crop(x, [size, size])
@@ -121,7 +124,8 @@ class ImageArray:
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Gather rows ``idx`` as ``(uint8 [B, C, H, W] contiguous tensor, int64 [B] CPU labels or None)``.
 
-        The images come back on the device ``images`` lives on (CPU for numpy). Memory-mapped arrays are read in sorted index order (sequential disk
+        The images come back on the device ``images`` lives on (CPU for numpy).
+        Memory-mapped arrays are read in sorted index order (sequential disk
         access) and the requested order is restored afterwards.
         """
         idx = torch.as_tensor(idx, dtype=torch.int64).reshape(-1).cpu()
@@ -170,7 +174,8 @@ class DataSplits:
                     "one split has labels and the other does not; label both train and test splits or neither"
                 )
         if self.num_classes is None and self.train.labels is not None:
-            top = [int(s.labels.max()) for s in (self.train, self.test) if s is not None and len(s) and s.labels is not None]
+            splits = [s for s in (self.train, self.test) if s is not None and len(s) and s.labels is not None]
+            top = [int(s.labels.max()) for s in splits]
             self.num_classes = max(top) + 1 if top else None
 
     @property
@@ -198,7 +203,9 @@ def as_nchw_uint8(x: np.ndarray, what: str) -> np.ndarray:
     if x.dtype.hasobject or x.dtype.kind not in "biuf":
         raise DataError(f"{what} has dtype {x.dtype}; store images as uint8 0..255")
     if x.ndim not in (3, 4) or x.shape[0] == 0:
-        raise DataError(f"{what} has shape {x.shape}; expected a non-empty N x H x W, N x H x W x C or N x C x H x W array")
+        raise DataError(
+            f"{what} has shape {x.shape}; expected a non-empty N x H x W, N x H x W x C or N x C x H x W array"
+        )
     if x.dtype != np.uint8:
         lo, hi = (x.min(), x.max()) if x.size else (0, 0)
         if x.dtype.kind == "b" or lo < 0 or hi > 255 or (x.dtype.kind == "f" and not np.array_equal(x, np.round(x))):

@@ -125,5 +125,5 @@ def load_cifar(folder: Path, image_size: int | None = None, labels: str = "fine"
     notes = [] if meta_file.is_file() else [f"no {meta_file.name}: class names unknown"]
     splits = build_splits(variant, x_train, y_train, test[0], test[1], image_size, classes, notes)
     if splits.num_classes is None:
-        splits.num_classes = 100 if variant == "cifar100" and labels == "fine" else (20 if variant == "cifar100" else 10)
+        splits.num_classes = 10 if variant == "cifar10" else (100 if labels == "fine" else 20)
     return splits

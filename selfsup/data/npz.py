@@ -126,9 +126,13 @@ def read_idx(path: Path, ndim: int, mmap: bool = True) -> np.ndarray:
     if len(head) < 4 or head[:2] != b"\x00\x00":
         raise DataError(f"{path} is not an IDX file (bad magic number {head[:4].hex()}); expected MNIST idx format")
     if head[2] != 0x08:
-        raise DataError(f"{path} stores IDX type code 0x{head[2]:02x}; only unsigned-byte (0x08) IDX files are supported")
+        raise DataError(
+            f"{path} stores IDX type code 0x{head[2]:02x}; only unsigned-byte (0x08) IDX files are supported"
+        )
     if head[3] != ndim:
-        raise DataError(f"{path} has {head[3]} dimensions but {ndim} were expected; check the file name matches its content")
+        raise DataError(
+            f"{path} has {head[3]} dimensions but {ndim} were expected; check the file name matches its content"
+        )
     dims_raw = head[4:header_len]
     if len(dims_raw) != 4 * ndim:
         raise DataError(f"{path} is truncated inside its header; re-download it")
@@ -141,8 +145,9 @@ def read_idx(path: Path, ndim: int, mmap: bool = True) -> np.ndarray:
         )
     if not gz and mmap and expected > header_len:
         return np.memmap(path, dtype=np.uint8, mode="r", offset=header_len, shape=dims)
-    data = np.frombuffer(raw, dtype=np.uint8, offset=header_len) if gz else np.fromfile(path, np.uint8, offset=header_len)
-    return data.reshape(dims)
+    if gz:
+        return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
+    return np.fromfile(path, np.uint8, offset=header_len).reshape(dims)
 
 
 def find_idx_files(folder: Path) -> dict[tuple[str, str], Path]:
