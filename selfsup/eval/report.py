@@ -128,7 +128,7 @@ def _render_html(title: str, metrics: list[Metric], figures: dict[str, Path], co
 
 def _render_md(title: str, metrics: list[Metric], figures: dict[str, Path], config_yaml: str, run_dir: Path) -> str:
     def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
+        return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
     lines = [f"# {title}", "", "## Metrics", "", "| metric | value | protocol |", "|---|---:|---|"]
     lines += [f"| {cell(m.name)} | {cell(m.formatted)} | {cell(m.protocol)} |" for m in metrics]
