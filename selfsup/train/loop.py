@@ -69,7 +69,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
     if cfg.data.batch_size % env.world_size:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is the effective batch and must divide by the "
                           f"{env.world_size} processes")
-    check_batch_size(train_set, cfg.data.batch_size, env.world_size)
+    check_batch_size(train_set, cfg.data.batch_size // env.world_size, env.world_size)
     channels, size = train_set.channels, train_set.image_size
     mean, std = default_mean_std(channels)
     method_cls = METHODS[cfg.method.name]
@@ -78,6 +78,10 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
                                **cfg.views.params)
     except ValueError as e:
         raise ConfigError(f"views.params: {e}") from None
+    too_big = [v.size for v in views_fn.specs if v.size > size]
+    if too_big:
+        raise ConfigError(f"views: crop size {max(too_big)} is larger than the {size}px images; lower views.params.size "
+                          f"or raise data.image_size")
     labels_ok = train_set.labels is not None
     if method_cls.needs_labels and not labels_ok:
         raise ConfigError(f"method {cfg.method.name} needs labels but the training data has none")
@@ -90,7 +94,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
                           cfg.optim.momentum, cfg.optim.betas, cfg.optim.eta)
     model: nn.Module = method
     if env.world_size > 1:
-        if cfg.model.sync_bn:
+        if cfg.model.sync_bn and env.device.type == "cuda":  # torch's SyncBatchNorm runs on CUDA only
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         model = DDP(method, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     num_classes = data.num_classes if labels_ok else None
