@@ -69,6 +69,7 @@ def _train(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from selfsup.data import DataError
+    from selfsup.train.checkpoint import CheckpointError
     from selfsup.train.setup import TrainingError
 
     try:
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             width = max(len(n) for n, _ in rows)
             for name, desc in rows:
                 print(f"{name:<{width}}  {desc}")
-    except (ConfigError, DataError, FileNotFoundError, TrainingError) as e:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, TrainingError) as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, TrainingError) else 2
     except KeyboardInterrupt:

@@ -12,6 +12,10 @@ import numpy as np
 import torch
 
 
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read; the message names the file."""
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
     """Write ``obj`` with ``torch.save`` so that ``path`` is either the old or the new file, never half."""
     path = Path(path)
@@ -42,7 +46,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint '{path}' is unreadable ({type(e).__name__}); it may be truncated or not a "
+        raise CheckpointError(f"checkpoint '{path}' is unreadable ({type(e).__name__}); it may be truncated or not a "
                          f"selfsup checkpoint") from None
 
 

@@ -60,6 +60,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
     ends early (used to test interruption).
     """
     cfg, env = recipe, setup_env(recipe.train.device)
+    autocast(cfg.train.precision, env.device)  # fails now, not after loading data, if impossible here
     seed_all(cfg.train.seed + env.rank)
 
     # ---- data and views -------------------------------------------------------------
