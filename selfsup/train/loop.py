@@ -163,21 +163,9 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             t2 = time.perf_counter()
 
-            with autocast(cfg.train.precision, env.device):
-                out = model(views, progress, y)
+            out, extra = optimize_step(model, method, opt, scaler, views, progress, y, cfg.train.precision,
+                                       env.device, cfg.optim.clip_grad, where=f"epoch {epoch + 1} step {step + 1}")
             loss = out["loss"]
-            if not math.isfinite(loss.item()):
-                raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1}; lower optim.lr, set "
-                                    f"optim.clip_grad=3.0 or use train.precision=fp32")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            method.on_backward(progress)
-            if cfg.optim.clip_grad:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.clip_grad)
-            scaler.step(opt)
-            scaler.update()
-            extra = method.after_step(progress)
 
             feats = out["feats"].float()
             if probe is not None and y is not None:
@@ -227,6 +215,29 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
     if bar is not None:
         bar.close()
     return run
+
+
+def optimize_step(model: nn.Module, method: Method, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  views: list[torch.Tensor], progress: float, labels: torch.Tensor | None, precision: str,
+                  device: torch.device, clip_grad: float | None = None, where: str = "") -> tuple[dict, dict]:
+    """One optimisation step: forward (autocast), NaN check, backward, the method's gradient
+    surgery, clipping, optimizer step, then the method's post-step updates (teacher, queues).
+    ``model`` is ``method`` or its DDP wrapper. Returns the forward's outputs and the logged extras."""
+    with autocast(precision, device):
+        out = model(views, progress, labels)
+    loss = out["loss"]
+    if not math.isfinite(loss.item()):
+        raise TrainingError(f"loss is {loss.item()} at {where or f'progress {progress:.3f}'}; lower optim.lr, "
+                            f"set optim.clip_grad=3.0 or use train.precision=fp32")
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    method.on_backward(progress)
+    if clip_grad:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(method.parameters(), clip_grad)
+    scaler.step(opt)
+    scaler.update()
+    return out, method.after_step(progress)
 
 
 def _global_mean(correct: int, seen: int, env: Env) -> float:
