@@ -81,8 +81,8 @@ def run_selfsup(images: np.ndarray, args: argparse.Namespace) -> float:
     from selfsup.data import DataSplits, ImageArray
     from selfsup.train.loop import train
 
-    data = DataSplits(ImageArray(torch.from_numpy(images).permute(0, 3, 1, 2), torch.zeros(len(images),
-                                 dtype=torch.long)), None, "synthetic", 1)
+    labels = torch.randint(0, 10, (len(images),), generator=torch.Generator().manual_seed(0))  # keeps the online probe on
+    data = DataSplits(ImageArray(torch.from_numpy(images).permute(0, 3, 1, 2), labels), None, "synthetic", 10)
     r = load_recipe("simclr_digits", [f"data.batch_size={args.batch}", f"train.epochs={args.epochs}",
                                       f"train.precision={args.precision}", f"model.width={args.width}",
                                       "views.params.blur_p=0.5", "train.progress_bar=false", "optim.warmup_epochs=0",
