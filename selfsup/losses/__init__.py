@@ -3,9 +3,12 @@
 from selfsup.losses.contrastive import info_nce, nt_xent
 from selfsup.losses.correlation import off_diagonal, vicreg_loss, vicreg_terms
 from selfsup.losses.distillation import byol_loss, negative_cosine
+from selfsup.losses.distillation import (DINOLoss, correlation_update, dino_center_update, dino_loss,
+                                         directpred_predictor, simsiam_loss)
 from selfsup.losses.distributed import all_reduce_mean, all_reduce_sum, gather
 
 __all__ = [
     "nt_xent", "info_nce", "vicreg_loss", "vicreg_terms", "off_diagonal", "byol_loss", "negative_cosine",
     "gather", "all_reduce_mean", "all_reduce_sum",
+    "simsiam_loss", "dino_loss", "dino_center_update", "DINOLoss", "correlation_update", "directpred_predictor",
 ]

@@ -1,9 +1,11 @@
 """Backbones, heads and EMA teachers."""
 
 from selfsup.nets.backbones import SmallCNN, build_backbone, feature_dim, resnet, torchvision_resnet
+from selfsup.nets.dino_head import DINOHead
 from selfsup.nets.ema import EMA, cosine_momentum
 from selfsup.nets.heads import mlp, out_dim, parse_spec
 from selfsup.nets.queue import MemoryBank
 
 __all__ = ["SmallCNN", "build_backbone", "feature_dim", "resnet", "torchvision_resnet", "EMA", "cosine_momentum",
            "mlp", "out_dim", "parse_spec", "MemoryBank"]
+__all__ += ["DINOHead"]

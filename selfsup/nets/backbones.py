@@ -75,6 +75,7 @@ def timm_vit(name: str, in_channels: int, image_size: int, **kwargs) -> nn.Modul
         import timm
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(f"backbone 'timm:{name}' needs timm; install it with: pip install 'selfsup[vit]'") from e
+    kwargs.setdefault("dynamic_img_size", True)  # multi-crop: local crops (e.g. 96 px) resample the position embedding
     return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels, img_size=image_size, **kwargs)
 
 
