@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
+    import torch.distributed
+
     from selfsup.evaluate import evaluate_run
     from selfsup.rundir import check_run_dir
     from selfsup.train.loop import train
@@ -61,6 +63,11 @@ def _train(args: argparse.Namespace) -> None:
     else:
         recipe = load_recipe(args.recipe, extra)
     run = train(recipe, run_dir=args.resume or args.out, resume=bool(args.resume))
+    if torch.distributed.is_initialized():  # under torchrun, rank 0 evaluates alone
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return
     if recipe.eval.at_end and not args.no_eval:
         evaluate_run(run)
     print(f"run directory: {run}")

@@ -107,6 +107,10 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
 
     # ---- run directory and resume -----------------------------------------------------------
     run = Path(run_dir) if run_dir else make_run_dir(cfg)
+    if env.world_size > 1:  # every rank uses rank 0's directory (names carry a timestamp)
+        names = [str(run)]
+        torch.distributed.broadcast_object_list(names, src=0)
+        run = Path(names[0])
     start_epoch = 0
     if resume:
         state = ckpt.load(run / "checkpoint.pt", map_location=env.device)
