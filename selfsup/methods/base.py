@@ -48,6 +48,8 @@ class Method(nn.Module):
     default_views: ClassVar[str] = "simclr"
     #: whether ``forward`` needs labels (SupCon)
     needs_labels: ClassVar[bool] = False
+    #: whether ``forward`` needs each sample's dataset row index, passed as ``indices=`` (DeepCluster-v2)
+    needs_indices: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MethodConfig, epochs: int = 100) -> None:
         super().__init__()

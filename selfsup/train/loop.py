@@ -153,6 +153,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         feats_seen: list[torch.Tensor] = []
         t_epoch = time.perf_counter()
         batches = Prefetcher(train_set, sampler, epoch, env.device, pin_memory=env.device.type == "cuda")
+        row_batches = sampler.batches(epoch) if method.needs_indices else None  # the same rows, as indices
         t0 = time.perf_counter()
         for step, (x, y) in enumerate(batches):
             t1 = time.perf_counter()
@@ -168,7 +169,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
             t2 = time.perf_counter()
 
             out, extra = optimize_step(model, method, opt, scaler, views, progress, y, cfg.train.precision,
-                                       env.device, cfg.optim.clip_grad, where=f"epoch {epoch + 1} step {step + 1}")
+                                       env.device, cfg.optim.clip_grad, where=f"epoch {epoch + 1} step {step + 1}",
+                                       indices=next(row_batches).to(env.device) if row_batches is not None else None)
             loss = out["loss"]
 
             feats = out["feats"].float()
@@ -223,12 +225,14 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
 
 def optimize_step(model: nn.Module, method: Method, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                   views: list[torch.Tensor], progress: float, labels: torch.Tensor | None, precision: str,
-                  device: torch.device, clip_grad: float | None = None, where: str = "") -> tuple[dict, dict]:
+                  device: torch.device, clip_grad: float | None = None, where: str = "",
+                  indices: torch.Tensor | None = None) -> tuple[dict, dict]:
     """One optimisation step: forward (autocast), NaN check, backward, the method's gradient
     surgery, clipping, optimizer step, then the method's post-step updates (teacher, queues).
-    ``model`` is ``method`` or its DDP wrapper. Returns the forward's outputs and the logged extras."""
+    ``model`` is ``method`` or its DDP wrapper; ``indices`` (dataset rows of the batch) go to methods
+    that need them (``needs_indices``). Returns the forward's outputs and the logged extras."""
     with autocast(precision, device):
-        out = model(views, progress, labels)
+        out = model(views, progress, labels, **({"indices": indices} if indices is not None else {}))
     loss = out["loss"]
     if not math.isfinite(loss.item()):
         raise TrainingError(f"loss is {loss.item()} at {where or f'progress {progress:.3f}'}; lower optim.lr, "
