@@ -97,7 +97,8 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
         if self.optim.warmup_epochs > self.train.epochs:
-            raise ValueError(f"optim.warmup_epochs={self.optim.warmup_epochs} exceeds train.epochs={self.train.epochs}")
+            raise ValueError(f"optim.warmup_epochs={self.optim.warmup_epochs} exceeds train.epochs={self.train.epochs}; "
+                             f"lower optim.warmup_epochs")
         return self
 
 
@@ -113,6 +114,11 @@ def _format_error(e: ValidationError) -> str:
         got = err.get("input")
         tail = f" (got {got!r})" if got is not None and err["type"] not in ("extra_forbidden", "missing") \
             and not isinstance(got, dict) else ""
+        if err["type"] == "value_error":  # our own cross-field checks already name their keys
+            msg = msg.removeprefix("Value error, ")
+            if not loc:
+                parts.append(msg)
+                continue
         parts.append(f"{loc or 'recipe'}: {msg}{tail}")
     return "invalid config: " + "; ".join(parts)
 
