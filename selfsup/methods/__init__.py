@@ -7,6 +7,14 @@ from selfsup.methods.vicreg import VICReg, VICRegConfig
 from selfsup.methods.simsiam import SimSiam, SimSiamConfig
 from selfsup.methods.dino import DINO, DINOConfig
 from selfsup.methods.directpred import DirectPred, DirectPredConfig
+from selfsup.methods.supcon import SupCon, SupConConfig
+from selfsup.methods.mocov2 import MoCoV2, MoCoV2Config
+from selfsup.methods.mocov3 import MoCoV3, MoCoV3Config
+from selfsup.methods.nnclr import NNCLR, NNCLRConfig
+from selfsup.methods.dcl import DCL, DCLW, DCLConfig, DCLWConfig
+from selfsup.methods.unified import Unified, UnifiedConfig
+from selfsup.methods.msf import MSF, MSFConfig
+from selfsup.methods.relic import ReLIC, ReLICConfig
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -15,8 +23,19 @@ METHODS: dict[str, type[Method]] = {
     "simsiam": SimSiam,
     "dino": DINO,
     "directpred": DirectPred,
+    "supcon": SupCon,
+    "mocov2": MoCoV2,
+    "mocov3": MoCoV3,
+    "nnclr": NNCLR,
+    "dcl": DCL,
+    "dclw": DCLW,
+    "unified": Unified,
+    "msf": MSF,
+    "relic": ReLIC,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig", "encode_views", "SimCLR", "SimCLRConfig", "BYOL", "BYOLConfig",
            "VICReg", "VICRegConfig"]
 __all__ += ["SimSiam", "SimSiamConfig", "DINO", "DINOConfig", "DirectPred", "DirectPredConfig"]
+__all__ += ["SupCon", "SupConConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config", "NNCLR", "NNCLRConfig", "DCL",
+            "DCLConfig", "DCLW", "DCLWConfig", "Unified", "UnifiedConfig", "MSF", "MSFConfig", "ReLIC", "ReLICConfig"]
