@@ -68,6 +68,8 @@ class TrainConfig(Section):
     online_probe: bool = True
     probe_lr: float = Field(1e-3, gt=0)
     channels_last: bool = False
+    collapse_rankme_fraction: float = Field(0.02, ge=0, le=1, description="warn when the embeddings' RankMe falls "
+                                            "below this fraction of min(N, D)")
     progress_bar: bool | None = Field(None, description="null: only when stderr is a terminal")
 
 

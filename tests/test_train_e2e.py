@@ -17,7 +17,8 @@ def test_train_then_eval(tmp_path):
     run, before, method = short_run("simclr_digits", tmp_path, epochs=2, size=16)
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("loss", "lr", "step_time", "data_time", "aug_time", "model_time", "img_per_s", "online_acc", "rankme"):
+    for key in ("loss", "lr", "step_time", "data_time", "aug_time", "model_time", "img_per_s", "online_acc", "rankme",
+                "emb_rankme", "emb_std"):
         assert key in rows[0] and rows[0][key] == rows[0][key], key  # present and not NaN
     assert changed(before, method.state_dict(), "backbone.")
     metrics = evaluate_run(run, data=tiny_digits(), log=lambda *a: None)

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from selfsup.config import ConfigError, Recipe, to_dict
 from selfsup.data import DataSplits, EpochSampler, Prefetcher, check_batch_size, load_data
+from selfsup.eval.monitor import CollapseMonitor
 from selfsup.eval.spectrum import rankme
 from selfsup.methods import METHODS, Method
 from selfsup.nets import build_backbone, feature_dim
@@ -141,6 +142,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
             f"{epochs} epochs x {steps} steps, effective batch {cfg.data.batch_size}, peak lr {peak_lr:.4g}, "
             f"{cfg.train.precision} on {env.device} x{env.world_size}")
     bar = _progress(cfg, env, epochs * steps, start_epoch * steps)
+    monitor: CollapseMonitor | None = None  # sized on the first embeddings seen
 
     for epoch in range(start_epoch, epochs):
         torch.manual_seed(epoch_seed(cfg.train.seed, epoch, env.rank))
@@ -151,6 +153,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         t_data = t_aug = t_model = 0.0
         correct = seen = 0
         feats_seen: list[torch.Tensor] = []
+        emb_seen: list[torch.Tensor] = []
         t_epoch = time.perf_counter()
         batches = Prefetcher(train_set, sampler, epoch, env.device, pin_memory=env.device.type == "cuda")
         row_batches = sampler.batches(epoch) if method.needs_indices else None  # the same rows, as indices
@@ -182,8 +185,9 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
                 probe_opt.step()
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += y.numel()
-            if sum(f.shape[0] for f in feats_seen) < 2 * method.feat_dim:
+            if sum(f.shape[0] for f in feats_seen) < 2 * method.feat_dim:  # enough rows for a spectrum
                 feats_seen.append(feats)
+                emb_seen.append(out["emb"].float())
             t3 = time.perf_counter()
 
             t_data, t_aug, t_model = t_data + t1 - t0, t_aug + t2 - t1, t_model + t3 - t2
@@ -204,6 +208,12 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         if seen:
             row["online_acc"] = _global_mean(correct, seen, env)
         row["rankme"] = rankme(torch.cat(feats_seen))
+        emb = torch.cat(emb_seen).flatten(1)
+        monitor = monitor or CollapseMonitor(emb.shape[1], rankme_fraction=cfg.train.collapse_rankme_fraction)
+        for warning in monitor.update(emb, step=(epoch + 1) * steps):
+            if env.is_main:
+                log(f"warning: {warning}")
+        row["emb_rankme"], row["emb_std"] = monitor.history[-1]["rankme"], monitor.history[-1]["normalized_std"]
         if env.is_main:
             with open(run / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
