@@ -11,6 +11,16 @@ import torch.nn.functional as F
 from selfsup.losses.distributed import all_reduce_sum
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 (autocast) -> fp32 for softmaxes and statistics; fp32/fp64 unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _full_precision(x: torch.Tensor) -> torch.autocast:
+    """A context where autocast is off (matmuls keep ``x``'s fp32/fp64)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     r"""BYOL regression loss (Grill et al., 2020), Eq. (2):
 
@@ -62,11 +72,12 @@ def dino_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], 
     shapes = {tuple(x.shape) for x in [*student, *teacher]}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise ValueError(f"dino_loss: every crop must be a [batch, K] tensor of one shape, got {sorted(shapes)}")
-    log_p = F.log_softmax(torch.stack(list(student)).float() / student_temp, dim=-1)  # [V, B, K]
+    log_p = F.log_softmax(_upcast(torch.stack(list(student))) / student_temp, dim=-1)  # [V, B, K]
     with torch.no_grad():
-        q = F.softmax((torch.stack(list(teacher)).float() - center.float()) / teacher_temp, dim=-1)  # [G, B, K]
+        q = F.softmax((_upcast(torch.stack(list(teacher))) - center) / teacher_temp, dim=-1)  # [G, B, K]
     batch = log_p.shape[1]
-    ce = -q.flatten(1) @ log_p.flatten(1).T / batch  # [G, V]: mean cross-entropy of each (teacher, student) pair
+    with _full_precision(log_p):  # the sums over B x K stay in fp32 under autocast, as DINO's elementwise loss
+        ce = -q.flatten(1) @ log_p.flatten(1).T / batch  # [G, V]: mean cross-entropy of each (teacher, student) pair
     same_view = torch.eye(n_t, n_s, dtype=torch.bool, device=ce.device)
     return ce.masked_fill(same_view, 0.0).sum() / (n_s * n_t - n_t)
 
@@ -80,7 +91,7 @@ def dino_center_update(center: torch.Tensor, teacher: Sequence[torch.Tensor] | t
     over every teacher crop. Returns the new center; nothing is updated in place and no gradient flows.
     """
     t = torch.cat(list(teacher)) if isinstance(teacher, (list, tuple)) else teacher
-    t = t.detach().float().flatten(0, -2)
+    t = _upcast(t.detach()).flatten(0, -2)
     stats = torch.cat([t.sum(0), t.new_tensor([t.shape[0]])])
     stats = all_reduce_sum(stats)
     return center * momentum + (1 - momentum) * (stats[:-1] / stats[-1]).to(center.dtype)
@@ -119,11 +130,13 @@ def correlation_update(corr: torch.Tensor, z: torch.Tensor, rho: float) -> torch
     with the expectation over the global batch (sums and counts all-reduced over processes).
     ``z`` is ``[batch, d]`` (detached here); returns the new ``[d, d]`` matrix.
     """
-    z = z.detach().float()
+    z = _upcast(z.detach())
     d = z.shape[1]
     if corr.shape != (d, d):
         raise ValueError(f"correlation_update: corr must be [{d}, {d}] for {d}-d inputs, got {list(corr.shape)}")
-    stats = all_reduce_sum(torch.cat([(z.T @ z).flatten(), z.new_tensor([z.shape[0]])]))
+    with _full_precision(z):
+        zz = z.T @ z
+    stats = all_reduce_sum(torch.cat([zz.flatten(), z.new_tensor([z.shape[0]])]))
     return rho * corr + (1 - rho) * (stats[:-1].view(d, d) / stats[-1]).to(corr.dtype)
 
 
@@ -135,7 +148,8 @@ def directpred_predictor(corr: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
 
     Negative eigenvalues (rounding) count as 0. ``W_p`` is symmetric, so ``z @ W_p`` applies it to rows.
     """
-    s, u = torch.linalg.eigh((corr + corr.T) / 2)
-    s = s.clamp(min=0)
-    p = (s / s.max().clamp(min=torch.finfo(s.dtype).tiny)).sqrt() + eps
-    return (u * p) @ u.T
+    with _full_precision(corr):
+        s, u = torch.linalg.eigh((corr + corr.T) / 2)
+        s = s.clamp(min=0)
+        p = (s / s.max().clamp(min=torch.finfo(s.dtype).tiny)).sqrt() + eps
+        return (u * p) @ u.T

@@ -66,13 +66,14 @@ class DINO(Method):
         while n_global < len(views) and views[n_global].shape[-2:] == views[0].shape[-2:]:
             n_global += 1
         h = encode_views(self.backbone, views)
-        student = self.head(torch.cat(h)).chunk(len(views))  # one head pass over all crops, as DINO
+        y = self.head.bottleneck(torch.cat(h))  # one head pass over all crops, as DINO
+        student = self.head.last_layer(y).chunk(len(views))
         with torch.no_grad():
             teacher = encode_views(self.teacher, views[:n_global])
         temp = teacher_temperature(progress * self.epochs, self.cfg.warmup_teacher_temp, self.cfg.teacher_temp,
                                    self.cfg.warmup_teacher_temp_epochs)
         loss = self.criterion(student, teacher, temp)
-        return {"loss": loss, "feats": h[0].detach(), "emb": student[0].detach(),
+        return {"loss": loss, "feats": h[0].detach(), "emb": y[: len(h[0])].detach(),  # view 0's bottleneck
                 "teacher_temp": torch.tensor(temp)}
 
     def on_backward(self, progress: float) -> None:

@@ -46,5 +46,9 @@ class DINOHead(nn.Module):
             g.fill_(1.0)
         g.requires_grad_(not norm_last_layer)
 
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised MLP output (the input of the prototypes)."""
+        return F.normalize(self.mlp(x), dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+        return self.last_layer(self.bottleneck(x))
