@@ -9,7 +9,7 @@ differs for any misplaced, missing or extra row, so the parity of the value chec
 import torch
 
 from ddp_utils import assert_parity, ddp_parity
-from selfsup.losses import (dcl, moco_infonce, moco_v3_loss, msf_loss, nnclr_loss, relic_loss, supcon,
+from selfsup.losses import (batch_margin_contrastive, batch_triplet, dcl, moco_infonce, moco_v3_loss, msf_loss, nnclr_loss, relic_loss, supcon,
                             unified_contrastive, unified_preset)
 from selfsup.nets import MemoryBank
 
@@ -91,6 +91,18 @@ def unified_custom_case(z1, z2):
     return unified_contrastive(z1, z2, lambda s: s.pow(2), torch.sigmoid, negatives="all", normalize=False)
 
 
+def triplet_semihard_case(z1, z2):
+    return batch_triplet(z1, z2, 0.5, "semihard")
+
+
+def triplet_all_case(z1, z2):
+    return batch_triplet(z1, z2, 0.5, "all")
+
+
+def margin_contrastive_case(z1, z2):
+    return batch_margin_contrastive(z1, z2, 1.2)
+
+
 def test_contrastive_losses_are_exact_under_ddp():
     g = torch.Generator().manual_seed(0)
     z = lambda: torch.randn(8, D, generator=g, dtype=torch.float64)
@@ -109,6 +121,9 @@ def test_contrastive_losses_are_exact_under_ddp():
         ("unified_triplet", unified_triplet_case, [z(), z()]),
         ("unified_lifted", unified_lifted_case, [z(), z()]),
         ("unified_custom", unified_custom_case, [z(), z()]),
+        ("triplet_semihard", triplet_semihard_case, [z(), z()]),
+        ("triplet_all", triplet_all_case, [z(), z()]),
+        ("margin_contrastive", margin_contrastive_case, [z(), z()]),
     ]
     result = ddp_parity(cases)
     assert_parity(result)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.losses import (UNIFIED_PRESETS, PhiPsi, byol_loss, dcl, info_nce, margin_contrastive, moco_infonce,
+from selfsup.losses import (UNIFIED_PRESETS, PhiPsi, batch_margin_contrastive, batch_triplet, byol_loss, dcl, info_nce, margin_contrastive, moco_infonce,
                             moco_v3_loss, msf_loss, nearest_neighbour, nnclr_loss, nt_xent, relic_loss, relic_terms,
                             supcon, triplet, unified_contrastive, unified_preset)
 
@@ -236,7 +236,9 @@ def ref_unified(z1, z2, phi, psi, negatives, symmetric=True):
     def one(a, b):
         n, total = len(a), 0.0
         for i in range(n):
-            cands = [b[j] for j in range(n) if j != i] + ([a[j] for j in range(n) if j != i] if negatives == "all" else [])
+            cands = [b[j] for j in range(n) if j != i]
+            if negatives == "all":
+                cands += [a[j] for j in range(n) if j != i]
             total += phi(sum(psi(sq(a[i], b[i]) - sq(a[i], c)) for c in cands))
         return total / n
 
@@ -280,7 +282,8 @@ def test_unified_infonce_closed_forms():
     uc = lambda eps, neg: unified_contrastive(z1, z2, unified_preset("infonce", tau, eps), negatives=neg)
     torch.testing.assert_close(uc(1.0, "all"), tau * nt_xent(z1, z2, tau / 2))
     torch.testing.assert_close(uc(0.0, "all"), tau * dcl(z1, z2, tau / 2))
-    torch.testing.assert_close(uc(1.0, "other"), tau * (info_nce(z1, z2, None, tau / 2) + info_nce(z2, z1, None, tau / 2)) / 2)
+    both = (info_nce(z1, z2, None, tau / 2) + info_nce(z2, z1, None, tau / 2)) / 2
+    torch.testing.assert_close(uc(1.0, "other"), tau * both)
     # two images, the other view as the only negative: the triplet preset is the triplet loss
     a, b = rand(2, 4, seed=46), rand(2, 4, seed=47)
     got = unified_contrastive(a, b, unified_preset("triplet", eps=0.3), negatives="other", symmetric=False)
@@ -322,3 +325,49 @@ def test_triplet_matches_facenet_eq1():
     assert triplet(a, a, a + 100, 0.2) == 0
     with pytest.raises(ValueError, match="equal shape"):
         triplet(a, p, n[:3])
+
+
+def _anchors_and_negatives(z1, z2):
+    """(anchor, positive, [negatives]) with both views as anchors and the other images' views as negatives."""
+    z1, z2 = unit(z1), unit(z2)
+    n = len(z1)
+    out = []
+    for a, b in ((z1, z2), (z2, z1)):
+        for i in range(n):
+            out.append((a[i], b[i], [v[j] for j in range(n) if j != i for v in (z1, z2)]))
+    return out
+
+
+def test_batch_triplet_mining_matches_facenet():
+    z1, z2 = rand(6, 3, seed=55), 0.3 * rand(6, 3, seed=56) + rand(6, 3, seed=55)
+    m = 0.5
+    sq = lambda x, y: (x - y).pow(2).sum().item()
+    ref = {"all": 0.0, "hard": 0.0, "semihard": 0.0}
+    triples = _anchors_and_negatives(z1, z2)
+    for a, p, negs in triples:
+        d_ap, d_an = sq(a, p), [sq(a, c) for c in negs]
+        ref["all"] += sum(max(0.0, d_ap - d + m) for d in d_an) / len(d_an)
+        ref["hard"] += max(0.0, d_ap - min(d_an) + m)
+        semi = [d for d in d_an if d > d_ap]
+        ref["semihard"] += max(0.0, d_ap - (min(semi) if semi else max(d_an)) + m)
+    for mining, value in ref.items():
+        torch.testing.assert_close(batch_triplet(z1, z2, m, mining), torch.tensor(value / len(triples)))
+    assert batch_triplet(z1, z2, m, "hard") >= batch_triplet(z1, z2, m, "semihard")
+    with pytest.raises(ValueError, match="mining"):
+        batch_triplet(z1, z2, m, "easy")
+
+
+def test_batch_margin_contrastive_matches_hadsell():
+    z1, z2 = rand(5, 3, seed=57), rand(5, 3, seed=58)
+    m = 1.2
+    pos = neg = 0.0
+    n_neg = 0
+    for a, p, negs in _anchors_and_negatives(z1, z2):
+        pos += 0.5 * (a - p).pow(2).sum().item()
+        for c in negs:
+            neg += 0.5 * max(0.0, m - (a - c).norm().item()) ** 2
+            n_neg += 1
+    torch.testing.assert_close(batch_margin_contrastive(z1, z2, m), torch.tensor(pos / 10 + neg / n_neg))
+    # identical views, orthonormal images farther apart than the margin: zero loss
+    e = torch.eye(4)
+    assert batch_margin_contrastive(e, e, margin=1.0) == 0

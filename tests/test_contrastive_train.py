@@ -19,6 +19,7 @@ RUNS = {
     "unified": (["method.preset=lifted"], None, None),
     "msf": (["method.queue_size=96", "method.k=3"], ("target.module.0.", "backbone."), "bank.bank"),
     "relic": ([], ("target.module.0.", "backbone."), None),
+    "dml": (["method.loss=contrastive", "method.margin=1.0"], None, None),
 }
 SMALL = ["method.projector=32-16"]
 

@@ -7,14 +7,15 @@ from selfsup.losses.distillation import byol_loss, negative_cosine
 from selfsup.losses.distillation import (DINOLoss, correlation_update, dino_center_update, dino_loss,
                                          directpred_predictor, simsiam_loss)
 from selfsup.losses.distributed import all_reduce_mean, all_reduce_sum, gather
-from selfsup.losses.metric import (UNIFIED_PRESETS, PhiPsi, margin_contrastive, triplet, unified_contrastive,
-                                  unified_preset)
+from selfsup.losses.metric import (UNIFIED_PRESETS, PhiPsi, batch_margin_contrastive, batch_triplet,
+                                  margin_contrastive, triplet, unified_contrastive, unified_preset)
 from selfsup.losses.neighbors import msf_loss, nearest_neighbour, nnclr_loss
 
 __all__ = [
     "nt_xent", "info_nce", "vicreg_loss", "vicreg_terms", "off_diagonal", "byol_loss", "negative_cosine",
     "gather", "all_reduce_mean", "all_reduce_sum",
     "supcon", "dcl", "moco_infonce", "moco_v3_loss", "relic_loss", "relic_terms", "nnclr_loss", "nearest_neighbour",
-    "msf_loss", "margin_contrastive", "triplet", "unified_contrastive", "unified_preset", "UNIFIED_PRESETS", "PhiPsi",
+    "msf_loss", "margin_contrastive", "triplet", "batch_margin_contrastive", "batch_triplet", "unified_contrastive",
+    "unified_preset", "UNIFIED_PRESETS", "PhiPsi",
     "simsiam_loss", "dino_loss", "dino_center_update", "DINOLoss", "correlation_update", "directpred_predictor",
 ]

@@ -56,6 +56,67 @@ def triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
     return F.relu(d_ap - d_an + margin).mean()
 
 
+def _batch_distances(z1: torch.Tensor, z2: torch.Tensor, normalize: bool, distributed: bool):
+    """Anchors (both views), their positives, squared distances to every candidate of the global batch
+    (both views) and the mask of valid negatives (not the anchor itself, not its positive)."""
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"expected two [N, D] tensors of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if normalize:
+        z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    g1, g2 = (gather(z1), gather(z2)) if distributed else (z1, z2)
+    n, n_all = z1.shape[0], g1.shape[0]
+    idx = torch.arange(n, device=z1.device) + (local_offset(n) if distributed else 0)
+    a, p, c = torch.cat([z1, z2]), torch.cat([z2, z1]), torch.cat([g1, g2])
+    d_ap = (a - p).pow(2).sum(1)
+    d_an = (a.pow(2).sum(1, keepdim=True) + c.pow(2).sum(1)[None, :] - 2 * a @ c.T).clamp_min(0)
+    rows = torch.arange(2 * n, device=z1.device)
+    valid = torch.ones_like(d_an, dtype=torch.bool)
+    valid[rows, torch.cat([idx, idx + n_all])] = False
+    valid[rows, torch.cat([idx + n_all, idx])] = False
+    return d_ap, d_an, valid
+
+
+def batch_margin_contrastive(z1: torch.Tensor, z2: torch.Tensor, margin: float = 1.0, normalize: bool = True,
+                             distributed: bool = True) -> torch.Tensor:
+    r""":func:`margin_contrastive` over a batch of view pairs: the two views of an image are similar,
+    every other image's views (global batch, 2N - 2 per anchor) dissimilar; each term is averaged
+    over its pairs, :math:`\tfrac12\,\mathrm{mean}_{pos} D^2 + \tfrac12\,\mathrm{mean}_{neg} \max(0, m - D)^2`,
+    with anchors from both views."""
+    d_ap, d_an, valid = _batch_distances(z1, z2, normalize, distributed)
+    d = d_an.clamp_min(1e-12).sqrt()  # finite gradient at D = 0
+    neg = torch.where(valid, F.relu(margin - d).pow(2), torch.zeros_like(d)).sum() / valid.sum()
+    return (d_ap.mean() + neg) / 2
+
+
+def batch_triplet(z1: torch.Tensor, z2: torch.Tensor, margin: float = 0.2,
+                  mining: Literal["all", "hard", "semihard"] = "semihard", normalize: bool = True,
+                  distributed: bool = True) -> torch.Tensor:
+    r""":func:`triplet` over a batch of view pairs (FaceNet's online mining, Schroff et al., 2015, Sec. 3.2).
+
+    Each view is an anchor, the other view of its image the positive, the views of the other images
+    of the global batch the candidate negatives: ``"all"`` averages the hinge over every negative;
+    ``"hard"`` takes the closest negative; ``"semihard"`` the closest negative farther than the
+    positive (:math:`d_{ap} < d_{an}`), or the farthest negative when there is none (as TensorFlow's
+    ``triplet_semihard_loss``). Squared distances of L2-normalised embeddings, as in FaceNet.
+    """
+    if mining not in ("all", "hard", "semihard"):
+        raise ValueError(f"mining must be 'all', 'hard' or 'semihard', got {mining!r}")
+    d_ap, d_an, valid = _batch_distances(z1, z2, normalize, distributed)
+    if mining == "all":
+        hinge = F.relu(d_ap[:, None] - d_an + margin)
+        return torch.where(valid, hinge, torch.zeros_like(hinge)).sum() / valid.sum()
+    inf = torch.tensor(float("inf"), dtype=d_an.dtype, device=d_an.device)
+    hardest = torch.where(valid, d_an, inf).min(1).values
+    if mining == "hard":
+        d_neg = hardest
+    else:
+        semi = valid & (d_an > d_ap[:, None])
+        closest_semi = torch.where(semi, d_an, inf).min(1).values
+        farthest = torch.where(valid, d_an, -inf).max(1).values
+        d_neg = torch.where(semi.any(1), closest_semi, farthest)
+    return F.relu(d_ap - d_neg + margin).mean()
+
+
 @dataclass(frozen=True)
 class PhiPsi:
     r"""A pair :math:`(\phi, \psi)` for :func:`unified_contrastive`.

@@ -18,7 +18,8 @@ def nearest_neighbour(z: torch.Tensor, support: torch.Tensor, return_index: bool
     (the most cosine-similar row of ``support``), returned normalised and without gradient
     (with the row indices too when ``return_index``)."""
     if support.dim() != 2 or support.shape[0] == 0 or support.shape[1] != z.shape[1]:
-        raise ValueError(f"nearest_neighbour needs a non-empty support set [M, {z.shape[1]}], got {tuple(support.shape)}")
+        raise ValueError(f"nearest_neighbour needs a non-empty support set [M, {z.shape[1]}], "
+                         f"got {tuple(support.shape)}")
     support = F.normalize(support.detach(), dim=1).to(z.dtype)
     idx = (F.normalize(z.detach(), dim=1) @ support.T).argmax(1)
     return (support[idx], idx) if return_index else support[idx]
@@ -55,8 +56,9 @@ def msf_neighbours(target: torch.Tensor, support: torch.Tensor, k: int) -> torch
 
 
 def msf_regression(query: torch.Tensor, support: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    r""":math:`\frac{1}{N}\sum_i \frac{1}{k}\sum_{j} \|u_i - b_{idx_{ij}}\|^2 = 2 - \frac{2}{Nk}\sum_{ij} u_i^\top b_{idx_{ij}}`
-    for the normalised query :math:`u` and the normalised support rows :math:`b`."""
+    r""":math:`\frac{1}{N}\sum_i \frac{1}{k}\sum_{j} \|u_i - b_{idx_{ij}}\|^2
+    = 2 - \frac{2}{Nk}\sum_{ij} u_i^\top b_{idx_{ij}}` for the normalised query :math:`u` and the
+    normalised support rows :math:`b`."""
     u = F.normalize(query, dim=1)
     b = F.normalize(support.detach(), dim=1).to(u.dtype)[idx]  # [N, k, D]
     return (2 - 2 * torch.einsum("nd,nkd->nk", u, b)).mean()

@@ -15,6 +15,7 @@ from selfsup.methods.dcl import DCL, DCLW, DCLConfig, DCLWConfig
 from selfsup.methods.unified import Unified, UnifiedConfig
 from selfsup.methods.msf import MSF, MSFConfig
 from selfsup.methods.relic import ReLIC, ReLICConfig
+from selfsup.methods.dml import DML, DMLConfig
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -32,10 +33,12 @@ METHODS: dict[str, type[Method]] = {
     "unified": Unified,
     "msf": MSF,
     "relic": ReLIC,
+    "dml": DML,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig", "encode_views", "SimCLR", "SimCLRConfig", "BYOL", "BYOLConfig",
            "VICReg", "VICRegConfig"]
 __all__ += ["SimSiam", "SimSiamConfig", "DINO", "DINOConfig", "DirectPred", "DirectPredConfig"]
 __all__ += ["SupCon", "SupConConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config", "NNCLR", "NNCLRConfig", "DCL",
-            "DCLConfig", "DCLW", "DCLWConfig", "Unified", "UnifiedConfig", "MSF", "MSFConfig", "ReLIC", "ReLICConfig"]
+            "DCLConfig", "DCLW", "DCLWConfig", "Unified", "UnifiedConfig", "MSF", "MSFConfig", "ReLIC", "ReLICConfig",
+            "DML", "DMLConfig"]
