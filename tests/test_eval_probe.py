@@ -49,9 +49,10 @@ def test_batched_grid_equals_single_head_runs(optimizer):
     for lr in lrs:
         for wd in wds:
             one = linear_probe(tr_f, tr_y, te_f, te_y, lrs=(lr,), wds=(wd,), epochs=3, batch_size=64, optimizer=optimizer)
-            assert one.grid[(lr, wd)] == pytest.approx(grid.grid[(lr, wd)], abs=1e-9)
+            # identical math; fp32 summation order differs ([D, G*C] vs [D, C] matmul): allow 1 flipped sample
+            assert one.grid[(lr, wd)] == pytest.approx(grid.grid[(lr, wd)], abs=1.01 / 40)
             if (lr, wd) == (grid.best_lr, grid.best_wd):
-                assert one.test_acc == pytest.approx(grid.test_acc, abs=1e-9)
+                assert one.test_acc == pytest.approx(grid.test_acc, abs=1.01 / 100)
                 w_one, w_grid = one.head[-1].weight, grid.head[-1].weight
                 torch.testing.assert_close(w_one, w_grid, rtol=1e-4, atol=1e-5)
 
