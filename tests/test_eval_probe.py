@@ -86,6 +86,38 @@ def _torch_reference(x, y, lr, wd, epochs, batch_size, optimizer, batchnorm, see
     return model.eval()
 
 
+def test_lars_head_matches_reference_update():
+    """LARS (You et al., 2017) written per parameter: trust ratio eta ||w|| / ||g + wd w|| on the weight only."""
+    x, y = _blobs(n=200, dim=6, classes=3, spread=2.0, seed=6)
+    lr, wd, eta, epochs, bs = 5.0, 1e-3, 1e-3, 3, 40
+    res = linear_probe(
+        x, y, lrs=(lr,), wds=(wd,), epochs=epochs, batch_size=bs, optimizer="lars", val_f=x[:20], val_y=y[:20],
+        standardize=False,
+    )
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 3, generator=g).double() * 0.01
+    b = torch.zeros(3, dtype=torch.float64)
+    buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)
+    total, step = epochs * math.ceil(200 / bs), 0
+    xd = x.double()
+    for _ in range(epochs):
+        perm = torch.randperm(200, generator=g)
+        for start in range(0, 200, bs):
+            idx = perm[start : start + bs]
+            p = torch.softmax(xd[idx] @ w + b, dim=1)
+            p[torch.arange(len(idx)), y[idx]] -= 1
+            gw, gb = xd[idx].T @ p / len(idx), p.sum(0) / len(idx)
+            d = gw + wd * w
+            d = d * (eta * w.norm() / d.norm())
+            cur = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            buf_w = 0.9 * buf_w + d
+            buf_b = 0.9 * buf_b + gb
+            w, b = w - cur * buf_w, b - cur * buf_b
+            step += 1
+    torch.testing.assert_close(res.head[-1].weight.double(), w.T, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(res.head[-1].bias.double(), b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("optimizer,lr,batchnorm", [("sgd", 0.2, False), ("sgd", 0.2, True), ("adamw", 0.01, False)])
 def test_single_head_matches_torch_optim_reference(optimizer, lr, batchnorm):
     x, y = _blobs(n=300, dim=8, classes=3, spread=2.0, seed=5)

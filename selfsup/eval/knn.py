@@ -73,7 +73,8 @@ def knn_classify(
     ``return_predictions`` or ``test_y is None``. For ``vote="majority"`` the temperature plays no
     role and keys are ``(k, None)``. A k larger than the training set is clipped to N_train with a
     warning (the key keeps the requested k). Vote ties go to the smaller class index; top-5 is
-    top-min(5, C). Computation runs on ``device`` (default: the device of ``train_f``).
+    top-min(5, C). Computation runs on ``device`` (default: the device of ``train_f``); peak extra
+    memory is about ``chunk_size * N_train * 4`` bytes (lower ``chunk_size`` for ImageNet-size sets).
     """
     train_f = check_features(train_f, "train_f")
     test_f = check_features(test_f, "test_f")
