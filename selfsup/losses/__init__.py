@@ -3,6 +3,9 @@
 from selfsup.losses.contrastive import info_nce, nt_xent
 from selfsup.losses.contrastive import dcl, moco_infonce, moco_v3_loss, relic_loss, relic_terms, supcon
 from selfsup.losses.correlation import off_diagonal, vicreg_loss, vicreg_terms
+from selfsup.losses.correlation import barlow_twins_loss, cholesky_whiten, wmse_loss
+from selfsup.losses.clustering import (nearest_prototype, sinkhorn_knopp, spherical_kmeans, swapped_prediction,
+                                       swav_loss)
 from selfsup.losses.distillation import byol_loss, negative_cosine
 from selfsup.losses.distillation import (DINOLoss, correlation_update, dino_center_update, dino_loss,
                                          directpred_predictor, simsiam_loss)
@@ -19,3 +22,5 @@ __all__ = [
     "unified_preset", "UNIFIED_PRESETS", "PhiPsi",
     "simsiam_loss", "dino_loss", "dino_center_update", "DINOLoss", "correlation_update", "directpred_predictor",
 ]
+__all__ += ["barlow_twins_loss", "cholesky_whiten", "wmse_loss", "sinkhorn_knopp", "swapped_prediction",
+            "swav_loss", "spherical_kmeans", "nearest_prototype"]

@@ -16,6 +16,10 @@ from selfsup.methods.unified import Unified, UnifiedConfig
 from selfsup.methods.msf import MSF, MSFConfig
 from selfsup.methods.relic import ReLIC, ReLICConfig
 from selfsup.methods.dml import DML, DMLConfig
+from selfsup.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
+from selfsup.methods.swav import SwAV, SwAVConfig
+from selfsup.methods.wmse import WMSE, WMSEConfig
+from selfsup.methods.deepcluster_v2 import DeepClusterV2, DeepClusterV2Config
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -34,6 +38,10 @@ METHODS: dict[str, type[Method]] = {
     "msf": MSF,
     "relic": ReLIC,
     "dml": DML,
+    "barlow_twins": BarlowTwins,
+    "swav": SwAV,
+    "wmse": WMSE,
+    "deepcluster_v2": DeepClusterV2,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig", "encode_views", "SimCLR", "SimCLRConfig", "BYOL", "BYOLConfig",
@@ -42,3 +50,5 @@ __all__ += ["SimSiam", "SimSiamConfig", "DINO", "DINOConfig", "DirectPred", "Dir
 __all__ += ["SupCon", "SupConConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config", "NNCLR", "NNCLRConfig", "DCL",
             "DCLConfig", "DCLW", "DCLWConfig", "Unified", "UnifiedConfig", "MSF", "MSFConfig", "ReLIC", "ReLICConfig",
             "DML", "DMLConfig"]
+__all__ += ["BarlowTwins", "BarlowTwinsConfig", "SwAV", "SwAVConfig", "WMSE", "WMSEConfig", "DeepClusterV2",
+            "DeepClusterV2Config"]
