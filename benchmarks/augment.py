@@ -138,12 +138,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kinds", nargs="+", default=["simclr"], choices=VIEW_KINDS)
     ap.add_argument("--simclr-blur-p", type=float, default=0.5, help="blur probability for simclr (<0: recipe default)")
     ap.add_argument("--kornia", action="store_true", help="also time kornia.augmentation (if installed)")
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads of the batched paths (0: torch default)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per path; the best is reported")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if min(args.size, args.batch, args.n, args.repeats) <= 0 or args.workers < 0:
         ap.error("--size, --batch, --n and --repeats must be positive and --workers >= 0")
     device = torch.device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)  # benchmark process only; workers use 1 thread each
     data = torch.randint(0, 256, (args.n, args.channels, args.size, args.size), generator=torch.Generator().manual_seed(args.seed), dtype=torch.uint8)
 
     rows: list[tuple[str, str, float, float]] = []

@@ -298,6 +298,8 @@ def test_build_views_errors() -> None:
         views(images(2, 1), gen())
     with pytest.raises(ValueError, match="dtype"):
         views(images(2).to(torch.int32), gen())
+    with pytest.raises(ValueError, match="Generator"):
+        sample_apply(4, 0.5, None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ViewSpec"):
         MultiView([])
 

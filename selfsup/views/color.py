@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from selfsup.views.crop import check_generator
+
 __all__ = [
     "JitterParams",
     "rgb_to_grayscale",
@@ -124,6 +126,7 @@ def sample_jitter_params(
     Brightness/contrast/saturation factors ``~ U(max(0, 1 - v), 1 + v)``, hue ``~ U(-h, h)``
     with ``0 <= h <= 0.5``; the op order is a uniform random permutation per sample.
     """
+    check_generator(generator)
     for name, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
         if v < 0:
             raise ValueError(f"{name} jitter must be >= 0, got {v}")

@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["sample_crop_params", "sample_apply", "crop_theta", "resized_crop_flip"]
+__all__ = ["check_generator", "sample_crop_params", "sample_apply", "crop_theta", "resized_crop_flip"]
+
+
+def check_generator(generator: object) -> None:
+    """Raise unless ``generator`` is an explicit CPU ``torch.Generator`` (all view randomness comes from it)."""
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise ValueError("views need an explicit CPU torch.Generator, e.g. generator=torch.Generator().manual_seed(0)")
 
 
 def _check_range(name: str, value: tuple[float, float], low: float = 0.0) -> None:
@@ -24,6 +30,7 @@ def _check_range(name: str, value: tuple[float, float], low: float = 0.0) -> Non
 
 def sample_apply(batch: int, p: float, generator: torch.Generator) -> Tensor:
     """Per-sample Bernoulli(p) mask, Tensor[B] bool on CPU (which samples get an op)."""
+    check_generator(generator)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"probability must be in [0, 1], got {p}")
     return torch.rand(batch, generator=generator) < p
@@ -33,9 +40,9 @@ def sample_crop_params(
     batch: int,
     height: int,
     width: int,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
-    generator: torch.Generator | None = None,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
     tries: int = 10,
 ) -> Tensor:
     """Draw per-sample crop boxes like torchvision's ``RandomResizedCrop``, vectorised.
@@ -48,8 +55,7 @@ def sample_crop_params(
 
     Returns a CPU ``Tensor[B, 4]`` (int64) of ``(top, left, h, w)`` in input pixels.
     """
-    if generator is None:
-        raise ValueError("sample_crop_params needs an explicit torch.Generator (generator=torch.Generator().manual_seed(0))")
+    check_generator(generator)
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got height={height}, width={width}")
     _check_range("scale", scale)

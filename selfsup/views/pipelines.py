@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from selfsup.views.color import JitterParams, color_jitter, random_grayscale, sample_jitter_params
-from selfsup.views.crop import resized_crop_flip, sample_apply, sample_crop_params
+from selfsup.views.crop import check_generator, resized_crop_flip, sample_apply, sample_crop_params
 from selfsup.views.ops import blur_kernel_size, gaussian_blur, normalize, sample_blur_sigma, solarize
 
 __all__ = [
@@ -118,8 +118,7 @@ class ViewParams(NamedTuple):
 
 def sample_view_params(spec: ViewSpec, batch: int, height: int, width: int, generator: torch.Generator) -> ViewParams:
     """Draw every random parameter of a view on the CPU, in a fixed order."""
-    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
-        raise ValueError("views need an explicit CPU torch.Generator, e.g. generator=torch.Generator().manual_seed(0)")
+    check_generator(generator)
     boxes = sample_crop_params(batch, height, width, spec.scale, spec.ratio, generator)
     flip = sample_apply(batch, spec.flip_p, generator)
     jitter = sample_jitter_params(batch, *spec.jitter, generator=generator)
@@ -151,6 +150,8 @@ def apply_view(
 
     ``x``: uint8 ``Tensor[B, C, H, W]`` (or float in [0, 1]) on any device; parameters are
     drawn per sample from the CPU ``generator``. Returns float32 ``Tensor[B, C, size, size]``.
+    Resizing is bilinear without antialiasing (strong downscales alias slightly more than
+    torchvision's antialiased per-image resize).
     """
     xf = _to_unit_float(x)
     b, c, h, w = xf.shape
