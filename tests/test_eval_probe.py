@@ -48,7 +48,9 @@ def test_batched_grid_equals_single_head_runs(optimizer):
     grid = linear_probe(tr_f, tr_y, te_f, te_y, lrs=lrs, wds=wds, epochs=3, batch_size=64, optimizer=optimizer)
     for lr in lrs:
         for wd in wds:
-            one = linear_probe(tr_f, tr_y, te_f, te_y, lrs=(lr,), wds=(wd,), epochs=3, batch_size=64, optimizer=optimizer)
+            one = linear_probe(
+                tr_f, tr_y, te_f, te_y, lrs=(lr,), wds=(wd,), epochs=3, batch_size=64, optimizer=optimizer
+            )
             # identical math; fp32 summation order differs ([D, G*C] vs [D, C] matmul): allow 1 flipped sample
             assert one.grid[(lr, wd)] == pytest.approx(grid.grid[(lr, wd)], abs=1.01 / 40)
             if (lr, wd) == (grid.best_lr, grid.best_wd):

@@ -41,7 +41,9 @@ def check_labels(y: object, n: int, name: str = "labels") -> Tensor:
 def check_same_dim(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
     """Raise if two feature matrices have different widths."""
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"{name_a} has dim {a.shape[1]} but {name_b} has dim {b.shape[1]}; use the same backbone/layer")
+        raise ValueError(
+            f"{name_a} has dim {a.shape[1]} but {name_b} has dim {b.shape[1]}; use the same backbone/layer"
+        )
 
 
 def infer_num_classes(num_classes: int | None, *labels: Tensor | None) -> int:

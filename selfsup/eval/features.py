@@ -37,7 +37,8 @@ def extract_features(
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
     if not isinstance(images_uint8, Tensor) or images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
-        got = f"{images_uint8.dtype} {tuple(images_uint8.shape)}" if isinstance(images_uint8, Tensor) else type(images_uint8).__name__
+        is_tensor = isinstance(images_uint8, Tensor)
+        got = f"{images_uint8.dtype} {tuple(images_uint8.shape)}" if is_tensor else type(images_uint8).__name__
         raise ValueError(f"images_uint8 must be a uint8 tensor [N, C, H, W], got {got}")
     channels = images_uint8.shape[1]
     if len(mean) != channels or len(std) != channels:

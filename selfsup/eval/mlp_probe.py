@@ -72,7 +72,9 @@ def mlp_probe(
         train_f, train_y, test_f, test_y, val_fraction, val_f, val_y, standardize, num_classes, seed, device
     )
     if data.x_val.shape[0] == 0:
-        raise ValueError("the MLP probe needs a validation split for early stopping; raise val_fraction or pass val_f/val_y")
+        raise ValueError(
+            "the MLP probe needs a validation split for early stopping; raise val_fraction or pass val_f/val_y"
+        )
     grid: dict[tuple[float, float], float] = {}
     best: tuple[float, nn.Module, tuple[float, float], int] | None = None
     for lr in lrs_t:

@@ -117,7 +117,10 @@ def linear_probe(
     )
     grid = [(lr, wd) for lr in lrs_t for wd in wds_t]
     if data.x_val.shape[0] == 0 and len(grid) > 1:
-        raise ValueError("no validation samples to choose among the lr/wd grid; raise val_fraction, pass val_f/val_y, or give one lr and wd")
+        raise ValueError(
+            "no validation samples to choose among the lr/wd grid; raise val_fraction, pass val_f/val_y, "
+            "or give a single lr and wd"
+        )
     w, b, bn_stats = _train_grid(data, grid, epochs, batch_size, optimizer, momentum, batchnorm, lars_eta, seed)
 
     def logits(x: Tensor) -> Tensor:

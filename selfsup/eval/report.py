@@ -32,7 +32,9 @@ ONLINE_PROTOCOLS = {
 }
 
 
-def collect_metrics(results: Mapping[str, Any] | Sequence[Metric], metrics_rows: Sequence[Mapping[str, Any]] = ()) -> list[Metric]:
+def collect_metrics(
+    results: Mapping[str, Any] | Sequence[Metric], metrics_rows: Sequence[Mapping[str, Any]] = ()
+) -> list[Metric]:
     """Flatten ``results`` into Metrics and append the last logged online metrics from ``metrics_rows``.
 
     ``results`` is a list of :class:`Metric` or a dict whose values are a Metric, a list of Metrics,
@@ -120,7 +122,8 @@ def _render_html(title: str, metrics: list[Metric], figures: dict[str, Path], co
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{e(title)}</title><style>{style}</style></head><body>\n"
         f"<h1>{e(title)}</h1>\n<h2>Metrics</h2>\n"
-        f"<table><thead><tr><th>metric</th><th>value</th><th>protocol</th></tr></thead><tbody>\n{rows}\n</tbody></table>\n"
+        "<table><thead><tr><th>metric</th><th>value</th><th>protocol</th></tr></thead>\n"
+        f"<tbody>\n{rows}\n</tbody></table>\n"
         f"<h2>Figures</h2>\n<p>{n_rows} logged metric rows.</p>\n{figs}\n"
         f"<h2>Config</h2>\n<pre>{e(config_yaml)}</pre>\n</body></html>\n"
     )

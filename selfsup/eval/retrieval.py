@@ -59,7 +59,9 @@ def retrieval_metrics(
         raise ValueError(f"recall@{max(ks)} needs at least {max(ks)} gallery items, have {n_gallery}; lower ks")
 
     dev = resolve_device(device, query_f)
-    ap_sum, n_valid, hits = _rank_pass(query_f, query_y, gallery_f, gallery_y, ks, metric, chunk_size, leave_one_out, dev)
+    ap_sum, n_valid, hits = _rank_pass(
+        query_f, query_y, gallery_f, gallery_y, ks, metric, chunk_size, leave_one_out, dev
+    )
     skipped = query_f.shape[0] - n_valid
     if n_valid == 0:
         raise ValueError("no query has a relevant (same-label) item in the gallery; check the labels")

@@ -126,7 +126,9 @@ def alpha_req(
     above = int((lam > lam[0] * rel_floor).sum())
     k_hi = above if k_max is None else min(int(k_max), above)
     if k_hi - k_min + 1 < 2:
-        raise ValueError(f"only {above} eigenvalue(s) above the noise floor; alpha-ReQ needs >= 2 (embeddings collapsed?)")
+        raise ValueError(
+            f"only {above} eigenvalue(s) above the noise floor; alpha-ReQ needs >= 2 (embeddings collapsed?)"
+        )
     fit = powerlaw_fit(lam, k_min=k_min, k_max=k_hi)
     return (-fit.slope, fit.r2) if return_r2 else -fit.slope
 
