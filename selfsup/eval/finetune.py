@@ -215,7 +215,9 @@ def finetune(
                 loss = F.cross_entropy(model(x).float(), targets)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"fine-tuning loss is {loss_value} at epoch {epoch}; lower lr or use precision='fp32'")
+                raise FloatingPointError(
+                    f"fine-tuning loss is {loss_value} at epoch {epoch}; lower lr or use precision='fp32'"
+                )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if clip_grad:

@@ -72,7 +72,9 @@ def _check_stages(backbone: nn.Module, stages: Sequence[str]) -> dict[str, nn.Mo
         shown = ", ".join(names[:60]) + (f", ... ({len(names) - 60} more)" if len(names) > 60 else "")
         raise ValueError(f"backbone has no module(s) {missing}; available module names: {shown}")
     if len(set(stages)) != len(stages) or BACKBONE in stages or any(s.startswith(PROJECTOR) for s in stages):
-        raise ValueError(f"stages must be distinct module names other than {BACKBONE!r}/{PROJECTOR!r}*, got {list(stages)}")
+        raise ValueError(
+            f"stages must be distinct module names other than {BACKBONE!r}/{PROJECTOR!r}*, got {list(stages)}"
+        )
     return {s: modules[s] for s in stages}
 
 
@@ -131,7 +133,8 @@ def layer_features(
     def hook_for(name: str):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if not isinstance(output, Tensor):
-                raise TypeError(f"stage {name!r} returned {type(output).__name__}; probe a module that returns a Tensor")
+                what = type(output).__name__
+                raise TypeError(f"stage {name!r} returned {what}; probe a module that returns a Tensor")
             captured[name] = pool_features(output)
         return hook
 

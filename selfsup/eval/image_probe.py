@@ -115,7 +115,9 @@ def linear_probe_on_images(
     fit_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
     grid = [(lr, wd) for lr in lrs_t for wd in wds_t]
     if val_idx.numel() == 0 and len(grid) > 1:
-        raise ValueError("no validation images to choose among the lr/wd grid; raise val_fraction or give one lr and wd")
+        raise ValueError(
+            "no validation images to choose among the lr/wd grid; raise val_fraction or give one lr and wd"
+        )
     extract = lambda idx: extract_features(backbone, train.batch(idx)[0], mean, std, batch_size, dev)  # noqa: E731
     fit_f = extract(fit_idx)
     val_f = extract(val_idx) if val_idx.numel() else None

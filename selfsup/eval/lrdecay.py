@@ -152,7 +152,9 @@ def param_groups_lrd(
         num_layers = top if num_layers is None else num_layers
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in ids]
     if missing:
-        raise ValueError(f"ids has no layer id for {len(missing)} parameter(s), e.g. {missing[:3]}; give every parameter an id")
+        raise ValueError(
+            f"ids has no layer id for {len(missing)} parameter(s), e.g. {missing[:3]}; give every parameter an id"
+        )
     top = max(ids.values(), default=0) if num_layers is None else int(num_layers)
     if any(v < 0 or v > top for v in ids.values()):
         raise ValueError(f"layer ids must lie in 0..num_layers={top}, got {min(ids.values())}..{max(ids.values())}")
