@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "prints a table and writes eval.json.")
     e.add_argument("run_dir")
     e.add_argument("--report", action="store_true", help="also write report.html and report.md")
+    e.add_argument("--protocols", nargs="+", default=None, metavar="P",
+                   help="override eval.protocols: knn linear mlp lowshot retrieval rankme alpha_req spectrum_auc "
+                        "rank lidar")
 
     x = sub.add_parser("export", help="write the backbone weights alone",
                        description="Write the backbone's state dict (torchvision key names for ResNets).")
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "eval":
             from selfsup.evaluate import evaluate_run
 
-            evaluate_run(args.run_dir, report=args.report)
+            evaluate_run(args.run_dir, report=args.report, protocols=args.protocols)
         elif args.cmd == "export":
             from selfsup.rundir import export_backbone
 

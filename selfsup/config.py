@@ -73,8 +73,16 @@ class TrainConfig(Section):
     progress_bar: bool | None = Field(None, description="null: only when stderr is a terminal")
 
 
+EVAL_PROTOCOLS = ("knn", "linear", "mlp", "lowshot", "retrieval", "rankme", "alpha_req", "spectrum_auc", "rank",
+                  "lidar")
+
+
 class EvalConfig(Section):
     at_end: bool = Field(True, description="run `selfsup eval` when training ends")
+    protocols: list[Literal[EVAL_PROTOCOLS]] = Field(
+        default_factory=lambda: ["knn", "linear", "rankme", "alpha_req", "spectrum_auc", "rank", "lidar"])
+    lidar_views: int = Field(8, ge=2, description="augmented views per image for LiDAR")
+    lidar_samples: int = Field(500, gt=0)
     knn_k: list[int] = Field(default_factory=lambda: [20, 200])
     knn_temperature: float = Field(0.07, gt=0)
     linear_epochs: int = Field(100, gt=0)

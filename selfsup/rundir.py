@@ -35,9 +35,9 @@ def load_recipe_of(run_dir: str | Path) -> Recipe:
     return validate(yaml.safe_load((run / "config.yaml").read_text()))
 
 
-def load_backbone(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The pretrained backbone of a run (eval mode) and the run's metadata
-    (channels, image_size, mean, std, feat_dim, num_classes)."""
+def load_method(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The trained method of a run (eval mode; ``.backbone``, heads, teacher) and the run's metadata
+    (channels, image_size, mean, std, feat_dim, num_classes, epoch, probe weights)."""
     from selfsup.train.loop import build_method
 
     run = check_run_dir(run_dir)
@@ -46,9 +46,13 @@ def load_backbone(run_dir: str | Path, device: str | torch.device = "cpu") -> tu
     meta = state["meta"]
     method = build_method(recipe, meta["channels"], meta["image_size"])
     method.load_state_dict(state["method"])
-    backbone = method.backbone.to(device).eval()
-    meta = dict(meta, epoch=state["epoch"], probe=state.get("probe"))
-    return backbone, meta
+    return method.to(device).eval(), dict(meta, epoch=state["epoch"], probe=state.get("probe"))
+
+
+def load_backbone(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The pretrained backbone of a run (eval mode) and the run's metadata (see :func:`load_method`)."""
+    method, meta = load_method(run_dir, device)
+    return method.backbone, meta
 
 
 def export_backbone(run_dir: str | Path, out: str | Path | None = None) -> Path:

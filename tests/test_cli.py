@@ -158,3 +158,25 @@ def test_train_eval_export_roundtrip(tmp_path, capsys):
     assert f"run directory: {tmp_path / 'ok'}" in out
     code, out, _ = run_cli(capsys, "export", str(tmp_path / "ok"))
     assert code == 0 and (tmp_path / "ok" / "backbone.pt").is_file()
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "ok"), "--protocols", "knn", "nonsense")
+    assert code == 2 and "nonsense" in error_line(err)
+
+
+def test_eval_report_is_self_contained_and_lists_every_metric(tmp_path, capsys):
+    import json
+    import re
+
+    code, _, err = run_cli(capsys, "train", *TINY, "train.epochs=2", f"train.out_dir={tmp_path}", "train.run_name=r",
+                           "eval.at_end=false")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "eval", str(tmp_path / "r"), "--report", "--protocols", "knn", "linear", "mlp",
+                             "lowshot", "retrieval", "rankme", "alpha_req", "spectrum_auc", "rank", "lidar")
+    assert code == 0, err
+    html = (tmp_path / "r" / "report.html").read_text()
+    md = (tmp_path / "r" / "report.md").read_text()
+    metrics = json.loads((tmp_path / "r" / "eval.json").read_text())["metrics"]
+    assert {"LiDAR", "RankMe", "alpha-ReQ", "MLP probe test acc", "online probe test acc"} <= {m["name"] for m in metrics}
+    for m in metrics:
+        assert m["name"] in html and m["name"] in md
+    assert "data:image/png;base64," in html and "spectrum" in html.lower() and "t-SNE" in html
+    assert not re.search(r"""(src|href)=["']?https?:""", html)  # self-contained
