@@ -39,40 +39,44 @@ def nnclr_loss(z: torch.Tensor, p: torch.Tensor, support: torch.Tensor, temperat
     return info_nce(nearest_neighbour(z, support), p, None, temperature, distributed)
 
 
-def msf_support(bank: torch.Tensor, target: torch.Tensor, distributed: bool = True) -> torch.Tensor:
-    """MSF's search set: the memory bank plus the current (global) batch of normalised targets, so
-    each target is its own first neighbour, as in the paper (which enqueues before searching)."""
-    t = F.normalize(target.detach(), dim=1)
-    t = gather(t, grad=False) if distributed else t
-    return torch.cat([F.normalize(bank.detach(), dim=1).to(t.dtype), t], 0)
-
-
-def msf_neighbours(target: torch.Tensor, support: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices ``[N, k]`` of the ``k`` rows of ``support`` most cosine-similar to each target."""
-    if k <= 0 or support.shape[0] < k:
-        raise ValueError(f"msf needs 0 < k <= {support.shape[0]} support entries, got k={k}")
-    sim = F.normalize(target.detach(), dim=1) @ F.normalize(support, dim=1).to(target.dtype).T
+def msf_neighbours(target: torch.Tensor, bank: torch.Tensor, current: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices ``[N, k]`` of the ``k`` entries most cosine-similar to each normalised target, in the
+    search set ``cat([bank, current])`` (indexed without building it: the bank can be 1M rows).
+    ``bank`` and ``current`` (the global batch of targets) must hold L2-normalised rows."""
+    m = bank.shape[0] + current.shape[0]
+    if k <= 0 or m < k:
+        raise ValueError(f"msf needs 0 < k <= {m} entries in the bank and the batch, got k={k}")
+    v = F.normalize(target.detach(), dim=1)
+    sim = torch.cat([v @ bank.to(v.dtype).T, v @ current.to(v.dtype).T], 1)
     return sim.topk(k, dim=1).indices
 
 
-def msf_regression(query: torch.Tensor, support: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def msf_regression(query: torch.Tensor, bank: torch.Tensor, current: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     r""":math:`\frac{1}{N}\sum_i \frac{1}{k}\sum_{j} \|u_i - b_{idx_{ij}}\|^2
     = 2 - \frac{2}{Nk}\sum_{ij} u_i^\top b_{idx_{ij}}` for the normalised query :math:`u` and the
-    normalised support rows :math:`b`."""
+    rows :math:`b` of ``cat([bank, current])`` (L2-normalised, no gradient)."""
     u = F.normalize(query, dim=1)
-    b = F.normalize(support.detach(), dim=1).to(u.dtype)[idx]  # [N, k, D]
+    n_bank = bank.shape[0]
+    in_bank = idx < n_bank
+    b = u.new_empty(*idx.shape, u.shape[1])  # [N, k, D]: the selected rows, without concatenating the bank
+    b[in_bank] = bank.detach()[idx[in_bank]].to(u.dtype)
+    b[~in_bank] = current.detach()[idx[~in_bank] - n_bank].to(u.dtype)
     return (2 - 2 * torch.einsum("nd,nkd->nk", u, b)).mean()
 
 
-def msf_loss(query: torch.Tensor, target: torch.Tensor, bank: torch.Tensor, k: int = 5,
+def msf_loss(query: torch.Tensor, target: torch.Tensor, bank: torch.Tensor, k: int = 5, normalize_bank: bool = True,
              distributed: bool = True) -> torch.Tensor:
     r"""Mean shift, MSF (Koohpayegani et al., 2021, Eq. 2): pull the query towards the ``k`` nearest
     neighbours of its target in the memory bank (searched with the target, not the query):
 
     .. math:: \mathcal{L} = \frac{1}{N}\sum_i \frac{1}{k} \sum_{b \in \mathrm{NN}_k(v_i)} \|u_i - b\|_2^2,
 
-    with :math:`u = q/\|q\|`, :math:`v = t/\|t\|`, the bank holding normalised past targets plus the
-    current global batch (:func:`msf_support`). With ``k = 1`` this is BYOL's loss.
+    with :math:`u = q/\|q\|`, :math:`v = t/\|t\|`, the search set holding the bank's normalised past
+    targets plus the current global batch of targets (the paper enqueues the batch before searching,
+    so each target is its own first neighbour; with ``k = 1`` this is BYOL's loss).
+    ``normalize_bank=False`` skips normalising a bank whose rows already have unit norm.
     """
-    support = msf_support(bank, target, distributed)
-    return msf_regression(query, support, msf_neighbours(target, support, k))
+    bank = F.normalize(bank.detach(), dim=1) if normalize_bank else bank.detach()
+    v = F.normalize(target.detach(), dim=1)
+    current = gather(v, grad=False) if distributed else v
+    return msf_regression(query, bank, current, msf_neighbours(v, bank, current, k))

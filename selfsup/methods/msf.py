@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from selfsup.losses.distributed import gather
-from selfsup.losses.neighbors import msf_neighbours, msf_regression, msf_support
+from selfsup.losses.neighbors import msf_neighbours, msf_regression
 from selfsup.methods.base import Method, MethodConfig, encode_views
 from selfsup.nets import EMA, MemoryBank, mlp, out_dim
 
@@ -57,12 +57,12 @@ class MSF(Method):
         u = [self.predictor(self.projector(x)) for x in h]
         with torch.no_grad():
             t = [F.normalize(x, dim=1) for x in encode_views(self.target, [views[1], views[0]] if sym else views[1:2])]
-        bank = self.bank.get()
+        bank = self.bank.get()  # rows are normalised targets
         loss, purity = 0.0, []
         for ui, ti in zip(u, t):
-            support = msf_support(bank, ti)
-            idx = msf_neighbours(ti, support, self.cfg.k)
-            loss = loss + msf_regression(ui, support, idx) / len(u)
+            current = gather(ti, grad=False)  # the global batch of targets is searched too
+            idx = msf_neighbours(ti, bank, current, self.cfg.k)
+            loss = loss + msf_regression(ui, bank, current, idx) / len(u)
             if labels is not None:
                 support_labels = torch.cat([self.bank.get_labels(), gather(labels, grad=False)])
                 purity.append((support_labels[idx] == labels[:, None]).float().mean())
