@@ -74,7 +74,7 @@ def dcv2_epoch_case(z, indices, probe):
     """DeepCluster-v2's bank filling (gathered enqueue) and before_epoch (k-means on each rank's share of
     the replicated bank, all-reduced sums): same prototypes and per-image pseudo-labels as one process."""
     torch.manual_seed(0)
-    cfg = DeepClusterV2Config(projector="4-3", n_prototypes=[K, 3], kmeans_iters=4, memory_size=20, n_assign=2)
+    cfg = DeepClusterV2Config(projector="4-3", nmb_prototypes=[K, 3], kmeans_iters=4, memory_size=20, n_assign=2)
     m = DeepClusterV2(nn.Flatten(), 4, cfg).double()
     for t in range(z.shape[1]):
         m.bank.enqueue(F.normalize(z[:, t].detach(), dim=1), indices[:, t])

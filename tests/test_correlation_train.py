@@ -39,7 +39,7 @@ def test_wmse_short_run(tmp_path):
 
 
 def test_swav_short_run_with_queue(tmp_path):
-    over = ["method.projector=32-16", "method.n_prototypes=10", "method.queue_length=64",
+    over = ["method.projector=32-16", "method.nmb_prototypes=10", "method.queue_length=64",
             "method.queue_start_epochs=1", "method.freeze_prototypes_epochs=1", *MULTICROP]
     run, before, m = short_run("swav_digits", tmp_path, over, epochs=2)
     rows = metrics(run)
@@ -52,7 +52,7 @@ def test_swav_short_run_with_queue(tmp_path):
 
 
 def test_swav_prototypes_frozen_then_trained():
-    m = SwAV(nn.Flatten(), 12, SwAVConfig(projector="8", n_prototypes=5, freeze_prototypes_epochs=2), epochs=10)
+    m = SwAV(nn.Flatten(), 12, SwAVConfig(projector="8", nmb_prototypes=5, freeze_prototypes_epochs=2), epochs=10)
     views = [torch.randn(6, 3, 2, 2), torch.randn(6, 3, 2, 2)]
     with pytest.raises(ValueError, match="n_assign"):  # codes need 2 global crops, there is one
         m([views[0], torch.randn(6, 3, 1, 1)], 0.0)
@@ -68,7 +68,7 @@ def test_swav_prototypes_frozen_then_trained():
 
 
 def test_deepcluster_v2_short_run(tmp_path):
-    over = ["method.projector=32-16", "method.n_prototypes=[8,6]", "method.memory_size=192", *MULTICROP]
+    over = ["method.projector=32-16", "method.nmb_prototypes=[8,6]", "method.memory_size=192", *MULTICROP]
     run, before, m = short_run("deepcluster_v2_digits", tmp_path, over, epochs=2)
     rows = metrics(run)
     # epoch 1 fills the bank (no pseudo-labels yet), epoch 2 clusters it and trains
@@ -83,7 +83,7 @@ def test_deepcluster_v2_short_run(tmp_path):
 
 
 def test_deepcluster_v2_pseudo_labels_use_the_newest_projection():
-    cfg = DeepClusterV2Config(projector="2", n_prototypes=[2], kmeans_iters=3, n_assign=1, memory_size=8)
+    cfg = DeepClusterV2Config(projector="2", nmb_prototypes=[2], kmeans_iters=3, n_assign=1, memory_size=8)
     m = DeepClusterV2(nn.Flatten(), 2, cfg)
     rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.99, 0.14], [0.0, 1.0]])
     for z, i in zip(rows, [5, 7, 9, 5]):  # image 5 seen twice: its newest projection is [0, 1]
@@ -95,4 +95,4 @@ def test_deepcluster_v2_pseudo_labels_use_the_newest_projection():
     with pytest.raises(ValueError, match="indices"):
         m([torch.randn(4, 2, 1, 1), torch.randn(4, 2, 1, 1)])
     with pytest.raises(ValueError, match="memory_size"):
-        DeepClusterV2(nn.Flatten(), 2, DeepClusterV2Config(projector="2", n_prototypes=[9], memory_size=8))
+        DeepClusterV2(nn.Flatten(), 2, DeepClusterV2Config(projector="2", nmb_prototypes=[9], memory_size=8))

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from selfsup.losses.clustering import nearest_prototype, spherical_kmeans
 from selfsup.losses.distributed import is_distributed, rank, world_size
@@ -35,7 +35,7 @@ from selfsup.nets.prototypes import Prototypes
 class DeepClusterV2Config(MethodConfig):
     name: Literal["deepcluster_v2"] = "deepcluster_v2"
     projector: str = "2048-128"
-    n_prototypes: list[int] = Field(default_factory=lambda: [3000, 3000, 3000], min_length=1,
+    nmb_prototypes: list[PositiveInt] = Field(default_factory=lambda: [3000, 3000, 3000], min_length=1,
                                     description="number of clusters of each k-means")
     temperature: float = Field(0.1, gt=0)
     kmeans_iters: int = Field(10, ge=1)
@@ -52,14 +52,12 @@ class DeepClusterV2(Method):
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: DeepClusterV2Config, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
-        if any(k <= 0 for k in cfg.n_prototypes):
-            raise ValueError(f"deepcluster_v2: n_prototypes must be positive, got {cfg.n_prototypes}")
-        if max(cfg.n_prototypes) > cfg.memory_size:
+        if max(cfg.nmb_prototypes) > cfg.memory_size:
             raise ValueError(f"deepcluster_v2: memory_size={cfg.memory_size} is smaller than the largest number of "
-                             f"clusters {max(cfg.n_prototypes)}; raise method.memory_size")
+                             f"clusters {max(cfg.nmb_prototypes)}; raise method.memory_size")
         self.projector = mlp(feat_dim, cfg.projector)
         self.dim = out_dim(cfg.projector)
-        self.prototypes = nn.ModuleList([Prototypes(self.dim, k).requires_grad_(False) for k in cfg.n_prototypes])
+        self.prototypes = nn.ModuleList([Prototypes(self.dim, k).requires_grad_(False) for k in cfg.nmb_prototypes])
         self.bank = MemoryBank(cfg.memory_size, cfg.n_assign * self.dim, with_labels=True)  # labels = row indices
         ddp_ignore_buffers(self, ["bank."])
         self._keys: torch.Tensor | None = None  # sorted dataset indices that have pseudo-labels
@@ -70,7 +68,7 @@ class DeepClusterV2(Method):
         """Cluster the bank (each image once, its newest projections) and set the prototypes."""
         self._keys = self._targets = None
         m = int(self.bank.count)
-        if m < max(self.cfg.n_prototypes):
+        if m < max(self.cfg.nmb_prototypes):
             return {"kmeans_images": float(m)}
         x, idx = self.bank.get(), self.bank.get_labels()
         age = (int(self.bank.ptr) - 1 - torch.arange(m, device=idx.device)) % self.bank.size
@@ -79,11 +77,11 @@ class DeepClusterV2(Method):
         first[1:] = idx[order][1:] != idx[order][:-1]
         keep = order[first]
         keys, x = idx[keep], x[keep]
-        if len(keys) < max(self.cfg.n_prototypes):
+        if len(keys) < max(self.cfg.nmb_prototypes):
             return {"kmeans_images": float(len(keys))}
         r, ws = (rank(), world_size()) if is_distributed() else (0, 1)
         targets, used = [], []
-        for h, (head, k) in enumerate(zip(self.prototypes, self.cfg.n_prototypes)):
+        for h, (head, k) in enumerate(zip(self.prototypes, self.cfg.nmb_prototypes)):
             j = h % self.cfg.n_assign
             xj = x[:, j * self.dim:(j + 1) * self.dim]
             gen = torch.Generator().manual_seed(self.cfg.seed + 1000 * epoch + h)

@@ -42,7 +42,7 @@ def ddp_ignore_buffers(module: nn.Module, prefixes: list[str]) -> None:
 class SwAVConfig(MethodConfig):
     name: Literal["swav"] = "swav"
     projector: str = "2048-128"
-    n_prototypes: int = Field(3000, gt=0)
+    nmb_prototypes: int = Field(3000, gt=0)
     temperature: float = Field(0.1, gt=0)
     epsilon: float = Field(0.05, gt=0, description="Sinkhorn entropy regularisation")
     sinkhorn_iters: int = Field(3, ge=1)
@@ -60,7 +60,7 @@ class SwAV(Method):
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
         dim = out_dim(cfg.projector)
-        self.prototypes = Prototypes(dim, cfg.n_prototypes)
+        self.prototypes = Prototypes(dim, cfg.nmb_prototypes)
         self.queues = nn.ModuleList([MemoryBank(cfg.queue_length, dim) for _ in range(cfg.n_assign)]) \
             if cfg.queue_length else None
         ddp_ignore_buffers(self, ["queues."])
