@@ -4,6 +4,10 @@ monitoring, plots and run reports. Evaluators take feature tensors ``[N, D]`` an
 
 from .evaluate import evaluate
 from .features import extract_features
+from .finetune import Classifier, FinetuneResult, finetune, mixup, smooth_targets
+from .guillotine import default_stages, guillotine_probe, layer_features, layer_names
+from .image_probe import eval_view_spec, linear_probe_on_images
+from .lrdecay import layer_ids, param_groups_lrd
 from .knn import knn_classify, knn_protocol
 from .lowshot import lowshot_linear
 from .metrics import Metric, format_value, metrics_from_dict, metrics_from_knn, metrics_from_probe, results_table
@@ -28,6 +32,19 @@ from .spectrum import (
 from .splits import lowshot_indices, stratified_split
 
 __all__ = [
+    "Classifier",
+    "FinetuneResult",
+    "default_stages",
+    "eval_view_spec",
+    "finetune",
+    "guillotine_probe",
+    "layer_features",
+    "layer_ids",
+    "layer_names",
+    "linear_probe_on_images",
+    "mixup",
+    "param_groups_lrd",
+    "smooth_targets",
     "CollapseMonitor",
     "Metric",
     "PowerLawFit",
