@@ -28,10 +28,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.3")
 
-    e = sub.add_parser("eval", help="evaluate a run: kNN, linear probe, RankMe",
-                       description="Evaluate a run's frozen backbone: weighted kNN, linear probe, RankMe; "
+    e = sub.add_parser("eval", help="evaluate a run or exported weights: kNN, probes, spectra, ...",
+                       epilog="examples:\n  selfsup eval runs/simclr-20261125-120000 --report\n"
+                              "  selfsup eval --weights backbone.pt --recipe simclr_digits model.backbone=resnet18",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Evaluate a run's frozen backbone (or exported weights) with eval.protocols; "
                                    "prints a table and writes eval.json.")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", nargs="?", help="a run directory (or use --weights)")
+    e.add_argument("--weights", default=None, help="an exported backbone state dict (selfsup export)")
+    e.add_argument("--recipe", default=None, help="with --weights: the recipe giving model.* and data.*")
+    e.add_argument("--data", default=None, help="with --weights: dataset path (default: the recipe's)")
+    e.add_argument("overrides", nargs="*", help="with --weights: dotted overrides, e.g. model.backbone=resnet18")
     e.add_argument("--report", action="store_true", help="also write report.html and report.md")
     e.add_argument("--protocols", nargs="+", default=None, metavar="P",
                    help="override eval.protocols: knn linear mlp lowshot retrieval rankme alpha_req spectrum_auc "
@@ -76,6 +83,21 @@ def _train(args: argparse.Namespace) -> None:
     print(f"run directory: {run}")
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from selfsup.evaluate import evaluate_run, evaluate_weights
+
+    if args.weights:
+        extra = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
+        evaluate_weights(args.weights, load_recipe(args.recipe, extra), protocols=args.protocols)
+    elif args.run_dir:
+        if args.overrides or args.recipe or args.data:
+            raise ConfigError("a run directory is evaluated with its own config.yaml; --recipe, --data and overrides "
+                              "go with --weights")
+        evaluate_run(args.run_dir, report=args.report, protocols=args.protocols)
+    else:
+        raise ConfigError("give a run directory or --weights FILE (see selfsup eval --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from selfsup.data import DataError
@@ -86,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "train":
             _train(args)
         elif args.cmd == "eval":
-            from selfsup.evaluate import evaluate_run
-
-            evaluate_run(args.run_dir, report=args.report, protocols=args.protocols)
+            _eval(args)
         elif args.cmd == "export":
             from selfsup.rundir import export_backbone
 

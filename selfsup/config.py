@@ -74,7 +74,7 @@ class TrainConfig(Section):
 
 
 EVAL_PROTOCOLS = ("knn", "linear", "mlp", "lowshot", "retrieval", "rankme", "alpha_req", "spectrum_auc", "rank",
-                  "lidar")
+                  "lidar", "image_linear", "guillotine", "finetune")
 
 
 class EvalConfig(Section):
@@ -83,6 +83,12 @@ class EvalConfig(Section):
         default_factory=lambda: ["knn", "linear", "rankme", "alpha_req", "spectrum_auc", "rank", "lidar"])
     lidar_views: int = Field(8, ge=2, description="augmented views per image for LiDAR")
     lidar_samples: int = Field(500, gt=0)
+    finetune_epochs: int = Field(20, gt=0)
+    finetune_lr: float = Field(1e-2, gt=0)
+    finetune_layer_decay: float | None = Field(0.75, gt=0, le=1)
+    finetune_label_smoothing: float = Field(0.1, ge=0, lt=1)
+    finetune_mixup_alpha: float = Field(0.0, ge=0)
+    image_probe_epochs: int = Field(20, gt=0)
     knn_k: list[int] = Field(default_factory=lambda: [20, 200])
     knn_temperature: float = Field(0.07, gt=0)
     linear_epochs: int = Field(100, gt=0)

@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from selfsup.config import EVAL_PROTOCOLS, ConfigError, Recipe
 from selfsup.data import DataSplits, ImageArray, load_data
-from selfsup.eval import Metric, evaluate, extract_features, lidar, results_table, stratified_split
+from selfsup.eval import (Metric, evaluate, extract_features, finetune, guillotine_probe, lidar,
+                          linear_probe_on_images, metrics_from_probe, results_table, stratified_split)
 from selfsup.rundir import load_method, load_recipe_of, read_metrics
 from selfsup.views import build_views
 
@@ -48,63 +49,126 @@ def lidar_of(backbone: nn.Module, split: ImageArray, recipe: Recipe, meta: dict,
                                        f"SimCLR views)")
 
 
+def evaluate_backbone(backbone: nn.Module, data: DataSplits, recipe: Recipe, meta: dict, device: torch.device,
+                      protocols: list[str] | None = None, projector: nn.Module | None = None,
+                      log=print) -> tuple[list[Metric], torch.Tensor, torch.Tensor | None, str]:
+    """Run ``protocols`` (default ``recipe.eval.protocols``) on any backbone; ``meta`` gives
+    ``mean``, ``std``, ``image_size``, ``channels``, ``num_classes`` (and optionally ``probe``,
+    ``feat_dim`` for the online probe). Returns the metrics, the evaluation features and labels,
+    and a note on the split used."""
+    protocols = list(protocols or recipe.eval.protocols)
+    unknown = sorted(set(protocols) - set(EVAL_PROTOCOLS))
+    if unknown:
+        raise ConfigError(f"unknown eval protocol(s) {', '.join(unknown)}; choose from {', '.join(EVAL_PROTOCOLS)}")
+    mean, std, e, seed = meta["mean"], meta["std"], recipe.eval, recipe.train.seed
+    train_set, test_set, note = data.train, data.test, ""
+    if (test_set is None or test_set.labels is None) and train_set.labels is not None:
+        tr, te = stratified_split(train_set.labels, 0.2, seed=seed)
+        train_set, test_set = _rows(train_set, tr), _rows(train_set, te)
+        note = " (no labelled test split: 20% of train held out)"
+    labelled = train_set.labels is not None
+    if not labelled:
+        log("no labels: skipping kNN, probes and fine-tuning; reporting label-free metrics only")
+        protocols = [p for p in protocols if p not in LABEL_PROTOCOLS]
+    train_f = features_of(backbone, train_set, mean, std, device)
+    test_f = features_of(backbone, test_set, mean, std, device) if test_set is not None else train_f
+    train_y, test_y = train_set.labels, test_set.labels if test_set is not None else None
+    n_cls = meta["num_classes"]
+    opts = {"knn": {"ks": tuple(e.knn_k), "temperatures": (e.knn_temperature,), "num_classes": n_cls},
+            "linear": {"lrs": e.linear_lrs, "wds": e.linear_wds, "epochs": e.linear_epochs, "batch_size": e.batch_size,
+                       "num_classes": n_cls}}
+    on_features = [p for p in protocols if p not in ("lidar", "image_linear", "guillotine", "finetune")]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="k=.* exceeds")  # k=200 on a small set is clipped
+        metrics = evaluate(train_f, train_y, test_f, test_y, protocols=on_features, seed=seed,
+                           **{k: v for k, v in opts.items() if k in on_features})
+    if "lidar" in protocols:
+        metrics.append(lidar_of(backbone, test_set or train_set, recipe, meta, device))
+    if "image_linear" in protocols:
+        res = linear_probe_on_images(backbone, train_set, test_set, mean, std, lrs=e.linear_lrs, wds=e.linear_wds,
+                                     epochs=e.image_probe_epochs, batch_size=e.batch_size, num_classes=n_cls,
+                                     seed=seed, device=device)
+        metrics += metrics_from_probe(res, "linear probe on augmented images")
+    if "guillotine" in protocols:
+        for layer, res in guillotine_probe(backbone, projector, train_set, test_set, mean, std, device=device,
+                                           lrs=e.linear_lrs, wds=e.linear_wds, epochs=e.linear_epochs,
+                                           num_classes=n_cls, seed=seed).items():
+            metrics.append(Metric(f"guillotine {layer} test acc", res.test_acc, f"guillotine probe at {layer}: "
+                                  f"{res.protocol}"))
+    if "finetune" in protocols:
+        res = finetune(backbone, train_set, test_set, num_classes=n_cls, epochs=e.finetune_epochs, lr=e.finetune_lr,
+                       layer_decay=e.finetune_layer_decay, label_smoothing=e.finetune_label_smoothing,
+                       mixup_alpha=e.finetune_mixup_alpha, mean=mean, std=std, seed=seed, device=device)
+        metrics.append(Metric("fine-tune test acc", res.test_acc, res.protocol))
+    if meta.get("probe") is not None and test_y is not None:
+        head = nn.Linear(meta["feat_dim"], n_cls)
+        head.load_state_dict(meta["probe"])
+        with torch.no_grad():
+            acc = (head(test_f).argmax(1) == test_y).float().mean().item()
+        metrics.append(Metric("online probe test acc", acc, "online linear probe (online: trained during pretraining "
+                              "on detached features of augmented views, Adam), evaluated on test features"))
+    return metrics, test_f, test_y, note
+
+
+LABEL_PROTOCOLS = ("knn", "linear", "mlp", "lowshot", "retrieval", "image_linear", "guillotine", "finetune")
+
+
+def _rows(split: ImageArray, idx: torch.Tensor) -> ImageArray:
+    x, y = split.batch(idx)
+    return ImageArray(x, y, split.classes)
+
+
 def evaluate_run(run_dir: str | Path, report: bool = False, data: DataSplits | None = None,
                  device: str | torch.device | None = None, protocols: list[str] | None = None,
                  log=print) -> list[Metric]:
     """Evaluate a run directory; write ``eval.json`` (and ``report.html``/``report.md``)."""
     run = Path(run_dir)
     recipe = load_recipe_of(run)
-    protocols = list(protocols or recipe.eval.protocols)
-    unknown = sorted(set(protocols) - set(EVAL_PROTOCOLS))
-    if unknown:
-        raise ConfigError(f"unknown eval protocol(s) {', '.join(unknown)}; choose from {', '.join(EVAL_PROTOCOLS)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and recipe.train.device != "cpu" else "cpu"))
     method, meta = load_method(run, device)
-    backbone = method.backbone
-    if data is None:
-        data = load_data(recipe.data.path, format=recipe.data.format, image_size=recipe.data.image_size,
-                         on_corrupt=recipe.data.on_corrupt)
-    mean, std = meta["mean"], meta["std"]
-    train_f, train_y = features_of(backbone, data.train, mean, std, device), data.train.labels
-    test_f, test_y, note = train_f, None, ""
-    if data.test is not None and data.test.labels is not None:
-        test_f, test_y = features_of(backbone, data.test, mean, std, device), data.test.labels
-    elif train_y is not None:
-        tr, te = stratified_split(train_y, 0.2, seed=recipe.train.seed)
-        train_f, test_f, train_y, test_y = train_f[tr], train_f[te], train_y[tr], train_y[te]
-        note = " (no labelled test split: 20% of train held out)"
-    if train_y is None:
-        log("no labels: skipping kNN and the probes; reporting label-free metrics only")
-    e = recipe.eval
-    opts = {"knn": {"ks": tuple(e.knn_k), "temperatures": (e.knn_temperature,), "num_classes": meta["num_classes"]},
-            "linear": {"lrs": e.linear_lrs, "wds": e.linear_wds, "epochs": e.linear_epochs,
-                       "batch_size": e.batch_size, "num_classes": meta["num_classes"]}}
-    feature_protocols = [p for p in protocols if p != "lidar" and (train_y is not None or p not in
-                                                                     ("knn", "linear", "mlp", "lowshot", "retrieval"))]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="k=.* exceeds")  # k=200 on a small set: clipped, and said below
-        metrics = evaluate(train_f, train_y, test_f, test_y, protocols=feature_protocols, seed=recipe.train.seed,
-                           **{k: v for k, v in opts.items() if k in feature_protocols})
-    if "lidar" in protocols:
-        metrics.append(lidar_of(backbone, data.test or data.train, recipe, meta, device))
-    if meta.get("probe") is not None and test_y is not None:
-        head = nn.Linear(meta["feat_dim"], meta["num_classes"])
-        head.load_state_dict(meta["probe"])
-        with torch.no_grad():
-            acc = (head(test_f).argmax(1) == test_y).float().mean().item()
-        metrics.append(Metric("online probe test acc", acc, "online linear probe (online: trained during pretraining "
-                              "on detached features of augmented views, Adam), evaluated on test features"))
+    data = data or load_data(recipe.data.path, format=recipe.data.format, image_size=recipe.data.image_size,
+                             on_corrupt=recipe.data.on_corrupt)
+    projector = getattr(method, "projector", None)
+    metrics, feats, labels, note = evaluate_backbone(method.backbone, data, recipe, meta, device, protocols,
+                                                     projector if isinstance(projector, nn.Module) else None, log)
     log(f"evaluation of {run} (epoch {meta['epoch']}, {meta['data']}){note}\n{results_table(metrics)}")
     (run / "eval.json").write_text(json.dumps(
         {"epoch": meta["epoch"], "note": note.strip(), "metrics": [m.__dict__ for m in metrics]}, indent=2))
     if report:
-        html, md = write_run_report(run, method, metrics, test_f, test_y, data, meta, device)
+        html, md = write_run_report(run, method, metrics, feats, labels, device)
         log(f"report: {html} and {md}")
     return metrics
 
 
+def evaluate_weights(weights: str | Path, recipe: Recipe, protocols: list[str] | None = None,
+                     device: str | torch.device | None = None, log=print) -> list[Metric]:
+    """Evaluate an exported backbone state dict (``selfsup export``) built as ``recipe.model``
+    describes, on ``recipe.data``. Prints the table; returns the metrics."""
+    from selfsup.nets import build_backbone, feature_dim
+    from selfsup.train import checkpoint as ckpt
+    from selfsup.views import default_mean_std
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = load_data(recipe.data.path, format=recipe.data.format, image_size=recipe.data.image_size,
+                     on_corrupt=recipe.data.on_corrupt)
+    c, size = data.train.channels, data.train.image_size
+    m = recipe.model
+    backbone = build_backbone(m.backbone, c, size, small_input=m.small_input, width=m.width)
+    try:
+        backbone.load_state_dict(ckpt.load(weights, map_location="cpu"))
+    except RuntimeError as err:
+        raise ConfigError(f"weights '{weights}' do not fit model.backbone={m.backbone} with {c} channels at {size}px "
+                          f"({str(err).splitlines()[0]}); set model.* like the run that exported them") from None
+    mean, std = default_mean_std(c)
+    meta = {"mean": mean, "std": std, "image_size": size, "channels": c, "num_classes": data.num_classes,
+            "feat_dim": feature_dim(backbone, c, size)}
+    metrics, *_ , note = evaluate_backbone(backbone.to(device).eval(), data, recipe, meta, device, protocols, None, log)
+    log(f"evaluation of {weights} ({data.summary()}){note}\n{results_table(metrics)}")
+    return metrics
+
+
 def write_run_report(run: Path, method: nn.Module, metrics: list[Metric], feats: torch.Tensor,
-                     labels: torch.Tensor | None, data: DataSplits, meta: dict, device: torch.device):
+                     labels: torch.Tensor | None, device: torch.device):
     """Spectrum plots (backbone and projector embeddings), a t-SNE plot coloured by label, the
     training curves and the metric table, as ``report.html`` (self-contained) and ``report.md``."""
     import yaml

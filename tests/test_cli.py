@@ -160,6 +160,16 @@ def test_train_eval_export_roundtrip(tmp_path, capsys):
     assert code == 0 and (tmp_path / "ok" / "backbone.pt").is_file()
     code, _, err = run_cli(capsys, "eval", str(tmp_path / "ok"), "--protocols", "knn", "nonsense")
     assert code == 2 and "nonsense" in error_line(err)
+    code, out, err = run_cli(capsys, "eval", "--weights", str(tmp_path / "ok" / "backbone.pt"), *TINY,
+                             "eval.finetune_epochs=2", "eval.image_probe_epochs=2",
+                             "--protocols", "knn", "finetune", "image_linear", "guillotine")
+    assert code == 0, err
+    for name in ("kNN k=20", "fine-tune test acc", "linear probe on augmented images test acc",
+                 "guillotine backbone test acc"):
+        assert name in out
+    code, _, err = run_cli(capsys, "eval", "--weights", str(tmp_path / "ok" / "backbone.pt"), *TINY,
+                           "model.backbone=resnet18")
+    assert code == 2 and "do not fit" in error_line(err)
 
 
 def test_eval_report_is_self_contained_and_lists_every_metric(tmp_path, capsys):
