@@ -257,14 +257,18 @@ def test_byol_asymmetric_probabilities() -> None:
         p = sample_view_params(spec, n, 16, 16, gen(13))
         assert abs(p.blur.float().mean().item() - blur) < 0.01
         assert abs(p.solarize.float().mean().item() - sol) < 0.01
-    # End to end: same seed with blur switched off changes exactly the blurred samples.
+    # End to end: same seed with blur switched off changes exactly the blurred samples
+    # (those with sigma near 0.1 are numerically unchanged by a 3-tap kernel).
     x = images(400, 3, 12, 12, seed=14)
     mean, std = views.mean, views.std
     for spec, frac in ((v1, 1.0), (v2, 0.1)):
+        p = sample_view_params(spec, 400, 12, 12, gen(15))  # the draws apply_view makes
         with_blur = apply_view(x, spec, mean, std, gen(15))
         no_blur = apply_view(x, dataclasses.replace(spec, blur_p=0.0), mean, std, gen(15))
         changed = (with_blur - no_blur).abs().flatten(1).amax(1) > 1e-6
-        assert abs(changed.float().mean().item() - frac) < 0.04
+        assert not (changed & ~p.blur).any()
+        assert changed[p.blur & (p.blur_sigma > 0.4)].all()
+        assert abs(p.blur.float().mean().item() - frac) < 0.05
 
 
 def test_simclr_recipe_defaults() -> None:
