@@ -21,6 +21,7 @@ from selfsup.data import DataSplits, ImageArray, load_data
 from selfsup.eval import (Metric, evaluate, extract_features, finetune, guillotine_probe, lidar,
                           linear_probe_on_images, metrics_from_probe, results_table, stratified_split)
 from selfsup.rundir import load_method, load_recipe_of, read_metrics
+from selfsup.train.loop import online_probe
 from selfsup.views import build_views
 
 
@@ -101,7 +102,7 @@ def evaluate_backbone(backbone: nn.Module, data: DataSplits, recipe: Recipe, met
                        mixup_alpha=e.finetune_mixup_alpha, mean=mean, std=std, seed=seed, device=device)
         metrics.append(Metric("fine-tune test acc", res.test_acc, res.protocol))
     if meta.get("probe") is not None and test_y is not None:
-        head = nn.Linear(meta["feat_dim"], n_cls)
+        head = online_probe(meta["feat_dim"], n_cls).eval()
         head.load_state_dict(meta["probe"])
         with torch.no_grad():
             acc = (head(test_f).argmax(1) == test_y).float().mean().item()

@@ -41,6 +41,12 @@ def build_method(recipe: Recipe, channels: int, image_size: int, backbone: nn.Mo
                                        epochs=recipe.train.epochs)
 
 
+def online_probe(feat_dim: int, num_classes: int) -> nn.Module:
+    """The online linear probe on detached backbone features: a non-affine BatchNorm (so the
+    probe keeps up with features whose scale drifts during pretraining) then a linear layer."""
+    return nn.Sequential(nn.BatchNorm1d(feat_dim, affine=False), nn.Linear(feat_dim, num_classes))
+
+
 def make_run_dir(recipe: Recipe) -> Path:
     name = recipe.train.run_name or f"{recipe.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = Path(recipe.train.out_dir) / name
@@ -100,7 +106,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         model = DDP(method, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     num_classes = data.num_classes if labels_ok else None
-    probe = nn.Linear(method.feat_dim, num_classes).to(env.device) if cfg.train.online_probe and num_classes else None
+    probe = online_probe(method.feat_dim, num_classes).to(env.device) if cfg.train.online_probe and num_classes else None
     probe_opt = torch.optim.Adam(probe.parameters(), lr=cfg.train.probe_lr) if probe else None
     probe_model = DDP(probe, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
         if probe is not None and env.world_size > 1 else probe
