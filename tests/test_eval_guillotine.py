@@ -6,32 +6,22 @@ import pytest
 import torch
 from torch import nn
 
-from selfsup.data import ImageArray, load_data
+from selfsup.data import ImageArray
 from selfsup.eval.features import extract_features
 from selfsup.eval.guillotine import default_stages, guillotine_probe, layer_features, layer_names, projector_points
+from train_utils import tiny_digits
 from selfsup.nets.backbones import SmallCNN, resnet
 from selfsup.nets.heads import mlp
 
 MEAN, STD = (0.5,), (0.5,)
-_DIGITS = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Tiny models are dominated by thread wake-ups on a loaded machine: on the shared 2-core EPYC (load ~12)
-    one linear_probe_on_images run took 18 s wall with 2 intra-op threads and 0.2 s with 1. Restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _digits(n_train=400, n_test=200):
-    if "d" not in _DIGITS:
-        _DIGITS["d"] = load_data(None, image_size=16)
-    d = _DIGITS["d"]
-    cut = lambda s, n: ImageArray(s.images[:n], s.labels[:n])  # noqa: E731
-    return cut(d.train, n_train), cut(d.test, n_test)
+    d = tiny_digits(n_train, n_test, size=16)
+    return d.train, d.test
 
 
 def _normalised(images):

@@ -5,33 +5,23 @@ import copy
 import pytest
 import torch
 
-from selfsup.data import ImageArray, load_data
+from selfsup.data import ImageArray
 from selfsup.eval import extract_features, linear_probe, stratified_split
 from selfsup.eval.image_probe import eval_view_spec, linear_probe_on_images
+from train_utils import tiny_digits
 from selfsup.nets.backbones import SmallCNN
 from selfsup.views import ViewSpec
 
 MEAN, STD = (0.5,), (0.5,)
 KW = dict(lrs=(0.1, 1.0), wds=(0.0,), epochs=5, batch_size=64)
-_DIGITS = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Tiny models are dominated by thread wake-ups on a loaded machine: on the shared 2-core EPYC (load ~12)
-    one linear_probe_on_images run took 18 s wall with 2 intra-op threads and 0.2 s with 1. Restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _digits(n_train=300, n_test=200):
-    if "d" not in _DIGITS:
-        _DIGITS["d"] = load_data(None, image_size=16)
-    d = _DIGITS["d"]
-    cut = lambda s, n: ImageArray(s.images[:n], s.labels[:n])  # noqa: E731
-    return cut(d.train, n_train), cut(d.test, n_test)
+    d = tiny_digits(n_train, n_test, size=16)
+    return d.train, d.test
 
 
 def _net():
