@@ -56,3 +56,36 @@ def test_supcon_requires_labels():
     method = build_method(load_recipe("supcon_digits", ["model.width=8", "method.projector=16-8"]), 1, 16)
     with pytest.raises(ValueError, match="labels"):
         method([torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)])
+
+
+def test_unified_method_takes_custom_phi_psi():
+    from selfsup.config import load_recipe
+    from selfsup.losses import PhiPsi, unified_contrastive
+    from selfsup.methods import Unified
+    from selfsup.nets import SmallCNN
+
+    cfg = load_recipe("unified_digits", ["method.projector=16-8"]).method
+    pair = PhiPsi(phi=lambda s: s.pow(2), psi=torch.sigmoid, name="squared-sigmoid")
+    torch.manual_seed(0)
+    method = Unified(SmallCNN(1, width=4), 32, cfg, phi_psi=pair).eval()  # eval: BN independent of batching
+    views = [torch.randn(6, 1, 16, 16), torch.randn(6, 1, 16, 16)]
+    out = method(views)
+    out["loss"].backward()
+    assert method.backbone.features[0].weight.grad.abs().sum() > 0
+    z = [method.projector(method.backbone(v)) for v in views]
+    torch.testing.assert_close(out["loss"], unified_contrastive(z[0], z[1], pair, negatives="all"))
+
+
+def test_mocov2_shuffle_bn_split_forward():
+    from selfsup.methods.mocov2 import split_forward
+
+    x = torch.randn(16, 5)
+    lin = torch.nn.Linear(5, 3)
+    torch.manual_seed(0)
+    torch.testing.assert_close(split_forward(lin, x, 4, shuffle=True), lin(x))  # rows come back in order
+    bn = torch.nn.BatchNorm1d(5)
+    full, chunks = bn(x), split_forward(bn, x, 4, shuffle=False)
+    torch.testing.assert_close(chunks[:4], torch.nn.BatchNorm1d(5)(x[:4]))  # each chunk has its own statistics
+    assert not torch.allclose(full, chunks)
+    with pytest.raises(ValueError, match="bn_splits"):
+        split_forward(bn, x[:6], 4, shuffle=True)
