@@ -11,7 +11,7 @@ from selfsup.losses import (UNIFIED_PRESETS, PhiPsi, batch_margin_contrastive, b
                             moco_v3_loss, msf_loss, nearest_neighbour, nnclr_loss, nt_xent, relic_loss, relic_terms,
                             supcon, triplet, unified_contrastive, unified_preset)
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def rand(*shape, seed=0):

@@ -11,7 +11,7 @@ from selfsup.losses import (barlow_twins_loss, cholesky_whiten, nearest_prototyp
                             swapped_prediction, swav_loss, wmse_loss)
 from selfsup.nets import Prototypes
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def gen(seed):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from selfsup.losses import byol_loss, info_nce, negative_cosine, nt_xent, off_diagonal, vicreg_loss, vicreg_terms
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def ref_nt_xent(z1, z2, t):
