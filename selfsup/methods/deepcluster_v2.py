@@ -122,8 +122,10 @@ class DeepClusterV2(Method):
             labelled = z.new_zeros(())
         else:
             loss = 0.0
+            zf = z.float()
             for head, t in zip(self.prototypes, targets):
-                logits = head(z).float() / self.cfg.temperature
+                with torch.autocast(z.device.type, enabled=False):
+                    logits = head(zf) / self.cfg.temperature
                 ce = F.cross_entropy(logits, t.repeat(v), ignore_index=-100, reduction="sum")
                 loss = loss + ce / (b * v)  # images without a label count as 0: exact mean under DDP
             loss = loss / len(self.prototypes)

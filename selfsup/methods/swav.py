@@ -42,7 +42,9 @@ def ddp_ignore_buffers(module: nn.Module, prefixes: list[str]) -> None:
 class SwAVConfig(MethodConfig):
     name: Literal["swav"] = "swav"
     projector: str = "2048-128"
-    nmb_prototypes: int = Field(3000, gt=0)
+    nmb_prototypes: int = Field(3000, gt=0, description="number of prototypes K; keep K above the projector's output "
+                                "dimension, or the embeddings can escape to the prototypes' orthogonal complement "
+                                "(uniform codes, loss log K)")
     temperature: float = Field(0.1, gt=0)
     epsilon: float = Field(0.05, gt=0, description="Sinkhorn entropy regularisation")
     sinkhorn_iters: int = Field(3, ge=1)
@@ -76,13 +78,14 @@ class SwAV(Method):
             self.prototypes.normalize_()
         h = encode_views(self.backbone, views)
         z = F.normalize(self.projector(torch.cat(h)), dim=1)  # one head pass over all crops, as SwAV
-        scores = self.prototypes(z).chunk(len(views))
+        with torch.autocast(z.device.type, enabled=False):  # fp32 scores: Sinkhorn amplifies them by 1/epsilon
+            scores = self.prototypes(z.float()).chunk(len(views))
         z = z.chunk(len(views))
         use_queue = self.queues is not None and progress * self.epochs >= self.cfg.queue_start_epochs - 1e-9
         queue_scores = None
         if use_queue:
-            with torch.no_grad():
-                queue_scores = [self.prototypes(q.get().to(z[0].dtype)) if q.full else None for q in self.queues]
+            with torch.no_grad(), torch.autocast(z[0].device.type, enabled=False):
+                queue_scores = [self.prototypes(q.get().float()) if q.full else None for q in self.queues]
         c = self.cfg
         loss = swav_loss(scores, c.n_assign, c.temperature, c.epsilon, c.sinkhorn_iters, queue_scores)
         if use_queue and self.training:
