@@ -23,7 +23,7 @@ def tiny_digits(n_train: int = 192, n_test: int = 64, size: int = 16) -> DataSpl
     return DataSplits(cut(d.train, n_train), cut(d.test, n_test), d.name, d.num_classes)
 
 
-TINY = ["model.backbone=small_cnn", "model.width=8", "data.batch_size=32", "train.precision=fp32",
+TINY = ["model.backbone=small_cnn", "model.width=8", "data.batch_size=32", "data.image_size=16", "train.precision=fp32",
         "train.progress_bar=false", "optim.warmup_epochs=0", "eval.linear_epochs=5"]
 
 
