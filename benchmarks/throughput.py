@@ -61,7 +61,8 @@ def bench_method(name: str, args: argparse.Namespace, data: ImageArray, device: 
             views = views_fn(x, gen)
         sync(device)
         t2 = time.perf_counter()
-        optimize_step(method, method, opt, scaler, views, 0.5, y, args.precision, device)
+        optimize_step(method, method, opt, scaler, views, 0.5, y, args.precision, device,
+                      indices=idx.to(device) if method.needs_indices else None)
         sync(device)
         t3 = time.perf_counter()
         if step >= args.warmup:
