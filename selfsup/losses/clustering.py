@@ -14,14 +14,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from selfsup.losses.distributed import all_reduce_sum, is_distributed, rank, world_size
+from selfsup.losses.precision import upcast
 
 
 def _no_autocast(x: torch.Tensor):
     return torch.autocast(x.device.type, enabled=False)
-
-
-def _fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _all_reduce_max(x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +52,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, n_iters: int = 3
         raise ValueError(f"sinkhorn_knopp needs epsilon > 0 and n_iters >= 0, got {epsilon} and {n_iters}")
     reduce = all_reduce_sum if distributed else (lambda t: t)
     with _no_autocast(scores):
-        s = _fp32(scores.detach())
+        s = upcast(scores.detach())
         top = _all_reduce_max(s.max()) if distributed else s.max()
         q = torch.exp((s - top) / epsilon).T  # [K, B]; the max shift cancels in the normalisations
         k = q.shape[0]
@@ -86,9 +83,9 @@ def swapped_prediction(scores: Sequence[torch.Tensor], codes: Sequence[torch.Ten
                          f"got {len(scores)} crops and {len(codes)} codes")
     loss = scores[0].new_zeros((), dtype=torch.float32 if scores[0].dtype != torch.float64 else torch.float64)
     with _no_autocast(scores[0]):
-        log_p = [F.log_softmax(_fp32(s) / temperature, dim=1) for s in scores]
+        log_p = [F.log_softmax(upcast(s) / temperature, dim=1) for s in scores]
         for i, q in enumerate(codes):
-            q = _fp32(q.detach())
+            q = upcast(q.detach())
             sub = sum(-(q * log_p[v]).sum(1).mean() for v in range(len(scores)) if v != i)
             loss = loss + sub / (len(scores) - 1)
     return loss / len(codes)

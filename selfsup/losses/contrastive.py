@@ -11,11 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.losses.distributed import gather, local_offset
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 logits -> fp32 for the softmax; fp32/fp64 stay as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from selfsup.losses.precision import upcast
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, distributed: bool = True) -> torch.Tensor:
@@ -40,7 +36,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, distri
     self_idx = torch.cat([idx, idx + n_all])
     pos_idx = torch.cat([idx + n_all, idx])
     rows = torch.arange(2 * n, device=z1.device)
-    logits = _upcast(logits)
+    logits = upcast(logits)
     logits[rows, self_idx] = float("-inf")
     return F.cross_entropy(logits, pos_idx)
 
@@ -63,7 +59,7 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tenso
     if negatives is not None:
         logits = torch.cat([logits, q @ F.normalize(negatives, dim=1).T], 1)
     labels = torch.arange(q.shape[0], device=q.device) + off
-    return F.cross_entropy(_upcast(logits) / temperature, labels)
+    return F.cross_entropy(upcast(logits) / temperature, labels)
 
 
 def supcon(views: list[torch.Tensor], labels: torch.Tensor | None, temperature: float = 0.1,
@@ -98,7 +94,7 @@ def supcon(views: list[torch.Tensor], labels: torch.Tensor | None, temperature: 
         y_local = labels
         y_all = gather(labels, grad=False) if distributed else labels
     n_views = len(views)
-    logits = _upcast(torch.cat(z, 0) @ torch.cat(g, 0).T) / temperature  # [V n, V N]
+    logits = upcast(torch.cat(z, 0) @ torch.cat(g, 0).T) / temperature  # [V n, V N]
     rows = torch.arange(n_views * n, device=device)
     self_idx = (rows // n) * n_all + off + rows % n
     is_self = torch.zeros_like(logits, dtype=torch.bool)
@@ -134,14 +130,14 @@ def dcl(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, sigma: flo
     g1, g2 = (gather(z1), gather(z2)) if distributed else (z1, z2)
     n, n_all = z1.shape[0], g1.shape[0]
     off = local_offset(n) if distributed else 0
-    logits = _upcast(torch.cat([z1, z2], 0) @ torch.cat([g1, g2], 0).T) / temperature  # [2n, 2N]
+    logits = upcast(torch.cat([z1, z2], 0) @ torch.cat([g1, g2], 0).T) / temperature  # [2n, 2N]
     idx = torch.arange(n, device=z1.device) + off
     rows = torch.arange(2 * n, device=z1.device)
     drop = torch.zeros_like(logits, dtype=torch.bool)
     drop[rows, torch.cat([idx, idx + n_all])] = True  # the anchor itself
     drop[rows, torch.cat([idx + n_all, idx])] = True  # its positive: decoupled from the denominator
     logits = logits.masked_fill(drop, float("-inf"))
-    pos = _upcast((z1 * z2).sum(1))
+    pos = upcast((z1 * z2).sum(1))
     weight = 1.0
     if sigma is not None:
         pos_all = gather(pos) if distributed else pos
@@ -167,7 +163,7 @@ def moco_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperat
     neg = F.normalize(queue.detach(), dim=1).to(q.dtype)
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ neg.T], 1)
     labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    return F.cross_entropy(_upcast(logits) / temperature, labels)
+    return F.cross_entropy(upcast(logits) / temperature, labels)
 
 
 def moco_v3_loss(q1: torch.Tensor, q2: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, temperature: float = 1.0,
@@ -206,8 +202,8 @@ def relic_terms(z1: torch.Tensor, z2: torch.Tensor, t1: torch.Tensor | None = No
     g1, g2 = (gather(t1), gather(t2)) if distributed else (t1, t2)
     off = local_offset(z1.shape[0]) if distributed else 0
     labels = torch.arange(z1.shape[0], device=z1.device) + off
-    logp12 = F.log_softmax(_upcast(z1 @ g2.T) / temperature, dim=1)
-    logp21 = F.log_softmax(_upcast(z2 @ g1.T) / temperature, dim=1)
+    logp12 = F.log_softmax(upcast(z1 @ g2.T) / temperature, dim=1)
+    logp21 = F.log_softmax(upcast(z2 @ g1.T) / temperature, dim=1)
     ctr = (F.nll_loss(logp12, labels) + F.nll_loss(logp21, labels)) / 2
     kl = (logp12.exp() * (logp12 - logp21)).sum(1) + (logp21.exp() * (logp21 - logp12)).sum(1)
     return ctr, kl.mean() / 2

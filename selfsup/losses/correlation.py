@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.losses.distributed import gather
+from selfsup.losses.precision import upcast
 
 
 def off_diagonal(m: torch.Tensor) -> torch.Tensor:
@@ -50,10 +51,6 @@ def _no_autocast(x: torch.Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_: float = 5e-3, eps: float = 1e-5,
                       distributed: bool = True) -> torch.Tensor:
     r"""Barlow Twins (Zbontar et al., 2021), Eqs. (1)-(2).
@@ -71,7 +68,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_: float = 5e-3,
         raise ValueError(f"barlow_twins_loss expects two [N, D] tensors of equal shape, got {tuple(z1.shape)} "
                          f"and {tuple(z2.shape)}")
     with _no_autocast(z1):
-        g1, g2 = (gather(_fp32(z1)), gather(_fp32(z2))) if distributed else (_fp32(z1), _fp32(z2))
+        g1, g2 = (gather(upcast(z1)), gather(upcast(z2))) if distributed else (upcast(z1), upcast(z2))
         n = g1.shape[0]
         if n < 2:
             raise ValueError("barlow_twins_loss needs a batch of at least 2 samples to standardise the embeddings")
@@ -96,7 +93,7 @@ def cholesky_whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
         raise ValueError(f"whitening {n} samples of dimension {d} needs more samples than dimensions for a "
                          f"full-rank covariance; use a larger w_size or set w_eps > 0")
     with _no_autocast(x):
-        xc = _fp32(x) - _fp32(x).mean(0)
+        xc = upcast(x) - upcast(x).mean(0)
         cov = xc.T @ xc / (n - 1)
         eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
         cov = (1 - eps) * cov + eps * eye

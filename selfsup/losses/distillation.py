@@ -9,11 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from selfsup.losses.distributed import all_reduce_sum
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 (autocast) -> fp32 for softmaxes and statistics; fp32/fp64 unchanged."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+from selfsup.losses.precision import upcast
 
 
 def _full_precision(x: torch.Tensor) -> torch.autocast:
@@ -72,9 +68,9 @@ def dino_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], 
     shapes = {tuple(x.shape) for x in [*student, *teacher]}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise ValueError(f"dino_loss: every crop must be a [batch, K] tensor of one shape, got {sorted(shapes)}")
-    log_p = F.log_softmax(_upcast(torch.stack(list(student))) / student_temp, dim=-1)  # [V, B, K]
+    log_p = F.log_softmax(upcast(torch.stack(list(student))) / student_temp, dim=-1)  # [V, B, K]
     with torch.no_grad():
-        q = F.softmax((_upcast(torch.stack(list(teacher))) - center) / teacher_temp, dim=-1)  # [G, B, K]
+        q = F.softmax((upcast(torch.stack(list(teacher))) - center) / teacher_temp, dim=-1)  # [G, B, K]
     batch = log_p.shape[1]
     with _full_precision(log_p):  # the sums over B x K stay in fp32 under autocast, as DINO's elementwise loss
         ce = -q.flatten(1) @ log_p.flatten(1).T / batch  # [G, V]: mean cross-entropy of each (teacher, student) pair
@@ -91,7 +87,7 @@ def dino_center_update(center: torch.Tensor, teacher: Sequence[torch.Tensor] | t
     over every teacher crop. Returns the new center; nothing is updated in place and no gradient flows.
     """
     t = torch.cat(list(teacher)) if isinstance(teacher, (list, tuple)) else teacher
-    t = _upcast(t.detach()).flatten(0, -2)
+    t = upcast(t.detach()).flatten(0, -2)
     stats = torch.cat([t.sum(0), t.new_tensor([t.shape[0]])])
     stats = all_reduce_sum(stats)
     return center * momentum + (1 - momentum) * (stats[:-1] / stats[-1]).to(center.dtype)
@@ -130,7 +126,7 @@ def correlation_update(corr: torch.Tensor, z: torch.Tensor, rho: float) -> torch
     with the expectation over the global batch (sums and counts all-reduced over processes).
     ``z`` is ``[batch, d]`` (detached here); returns the new ``[d, d]`` matrix.
     """
-    z = _upcast(z.detach())
+    z = upcast(z.detach())
     d = z.shape[1]
     if corr.shape != (d, d):
         raise ValueError(f"correlation_update: corr must be [{d}, {d}] for {d}-d inputs, got {list(corr.shape)}")
