@@ -1,6 +1,5 @@
 """The command line: help, recipes, and a one-line error with a non-zero exit for each bad input."""
 
-import math
 
 import numpy as np
 import pytest

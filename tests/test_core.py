@@ -1,14 +1,13 @@
 """Config, heads, EMA, schedules, optimizers and checkpoints."""
 
-import math
 import os
 
 import pytest
 import torch
 import torch.nn as nn
 
-from selfsup.config import ConfigError, apply_overrides, load_recipe, validate
-from selfsup.nets import EMA, MemoryBank, SmallCNN, build_backbone, cosine_momentum, feature_dim, mlp, parse_spec
+from selfsup.config import ConfigError, apply_overrides, load_recipe
+from selfsup.nets import EMA, MemoryBank, build_backbone, cosine_momentum, feature_dim, mlp, parse_spec
 from selfsup.train.checkpoint import CheckpointError, load, save_atomic
 from selfsup.train.optim import LARS, build_optimizer, set_lr_wd
 from selfsup.train.schedules import cosine, scaled_lr, warmup_cosine

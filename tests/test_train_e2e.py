@@ -3,7 +3,6 @@
 import json
 import os
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
