@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> None:
     import torch.distributed
 
-    from selfsup.evaluate import evaluate_run
+    from selfsup.run_evaluation import evaluate_run
     from selfsup.rundir import check_run_dir
     from selfsup.train.loop import train
 
@@ -84,7 +84,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from selfsup.evaluate import evaluate_run, evaluate_weights
+    from selfsup.run_evaluation import evaluate_run, evaluate_weights
 
     if args.weights:
         extra = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])

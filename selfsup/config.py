@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from selfsup.eval.evaluate import EVAL_PROTOCOLS
 from selfsup.methods import METHODS
 from selfsup.schema import Section
 
@@ -73,8 +74,6 @@ class TrainConfig(Section):
     progress_bar: bool | None = Field(None, description="null: only when stderr is a terminal")
 
 
-EVAL_PROTOCOLS = ("knn", "linear", "mlp", "lowshot", "retrieval", "rankme", "alpha_req", "spectrum_auc", "rank",
-                  "lidar", "image_linear", "guillotine", "finetune")
 
 
 class EvalConfig(Section):

@@ -18,8 +18,16 @@ from .probe import linear_probe
 from .retrieval import retrieval_metrics
 from .spectrum import alpha_req, rankme, spectrum_auc, thresholded_rank
 
-LABEL_PROTOCOLS = ("knn", "linear", "mlp", "lowshot", "retrieval")
-LABEL_FREE_PROTOCOLS = ("rankme", "alpha_req", "spectrum_auc", "rank")
+# The one list of evaluation protocols (``eval.protocols`` in a recipe). :func:`evaluate` runs the
+# FEATURE_* ones on feature tensors; ``selfsup.run_evaluation`` adds the image-level ones.
+FEATURE_LABEL_PROTOCOLS = ("knn", "linear", "mlp", "lowshot", "retrieval")
+FEATURE_LABEL_FREE_PROTOCOLS = ("rankme", "alpha_req", "spectrum_auc", "rank")
+IMAGE_LABEL_PROTOCOLS = ("image_linear", "guillotine", "finetune")
+IMAGE_LABEL_FREE_PROTOCOLS = ("lidar",)
+FEATURE_PROTOCOLS = FEATURE_LABEL_PROTOCOLS + FEATURE_LABEL_FREE_PROTOCOLS
+LABEL_PROTOCOLS = FEATURE_LABEL_PROTOCOLS + IMAGE_LABEL_PROTOCOLS  # need labels
+LABEL_FREE_PROTOCOLS = FEATURE_LABEL_FREE_PROTOCOLS + IMAGE_LABEL_FREE_PROTOCOLS
+EVAL_PROTOCOLS = FEATURE_PROTOCOLS + IMAGE_LABEL_FREE_PROTOCOLS + IMAGE_LABEL_PROTOCOLS
 
 
 def evaluate(
@@ -41,9 +49,9 @@ def evaluate(
     25600). ``opts`` holds keyword dicts per protocol, e.g. ``knn={"ks": (10,)}``,
     ``linear={"epochs": 50}``.
     """
-    unknown = [p for p in protocols if p not in LABEL_PROTOCOLS + LABEL_FREE_PROTOCOLS]
+    unknown = [p for p in protocols if p not in FEATURE_PROTOCOLS]
     if unknown:
-        raise ValueError(f"unknown protocols {unknown}; choose from {LABEL_PROTOCOLS + LABEL_FREE_PROTOCOLS}")
+        raise ValueError(f"unknown protocols {unknown}; choose from {FEATURE_PROTOCOLS}")
     bad_opts = [k for k in opts if k not in protocols]
     if bad_opts:
         raise ValueError(f"options given for protocols not requested: {bad_opts}; add them to protocols or drop them")
@@ -53,7 +61,7 @@ def evaluate(
     out: list[Metric] = []
     for proto in protocols:
         kw = dict(opts.get(proto, {}))
-        if proto in LABEL_PROTOCOLS:
+        if proto in FEATURE_LABEL_PROTOCOLS:
             if not has_labels:
                 warnings.warn(f"skipping {proto!r}: it needs train_y and test_y (labels are None)", stacklevel=2)
                 continue

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from selfsup.config import EVAL_PROTOCOLS, ConfigError, Recipe
+from selfsup.config import ConfigError, Recipe
 from selfsup.data import DataSplits, ImageArray, load_data
+from selfsup.eval.evaluate import EVAL_PROTOCOLS, FEATURE_PROTOCOLS, LABEL_PROTOCOLS
 from selfsup.eval import (Metric, evaluate, extract_features, finetune, guillotine_probe, lidar,
                           linear_probe_on_images, metrics_from_probe, results_table, stratified_split)
 from selfsup.rundir import load_method, load_recipe_of, read_metrics
@@ -78,7 +79,7 @@ def evaluate_backbone(backbone: nn.Module, data: DataSplits, recipe: Recipe, met
     opts = {"knn": {"ks": tuple(e.knn_k), "temperatures": (e.knn_temperature,), "num_classes": n_cls},
             "linear": {"lrs": e.linear_lrs, "wds": e.linear_wds, "epochs": e.linear_epochs, "batch_size": e.batch_size,
                        "num_classes": n_cls}}
-    on_features = [p for p in protocols if p not in ("lidar", "image_linear", "guillotine", "finetune")]
+    on_features = [p for p in protocols if p in FEATURE_PROTOCOLS]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="k=.* exceeds")  # k=200 on a small set is clipped
         metrics = evaluate(train_f, train_y, test_f, test_y, protocols=on_features, seed=seed,
@@ -109,9 +110,6 @@ def evaluate_backbone(backbone: nn.Module, data: DataSplits, recipe: Recipe, met
         metrics.append(Metric("online probe test acc", acc, "online linear probe (online: trained during pretraining "
                               "on detached features of augmented views, Adam), evaluated on test features"))
     return metrics, test_f, test_y, note
-
-
-LABEL_PROTOCOLS = ("knn", "linear", "mlp", "lowshot", "retrieval", "image_linear", "guillotine", "finetune")
 
 
 def _rows(split: ImageArray, idx: torch.Tensor) -> ImageArray:
