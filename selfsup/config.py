@@ -74,8 +74,6 @@ class TrainConfig(Section):
     progress_bar: bool | None = Field(None, description="null: only when stderr is a terminal")
 
 
-
-
 class EvalConfig(Section):
     at_end: bool = Field(True, description="run `selfsup eval` when training ends")
     protocols: list[Literal[EVAL_PROTOCOLS]] = Field(

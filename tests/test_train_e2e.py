@@ -6,8 +6,8 @@ import os
 import torch
 import torch.multiprocessing as mp
 
-from selfsup.run_evaluation import evaluate_run
 from selfsup.nets import torchvision_resnet
+from selfsup.run_evaluation import evaluate_run
 from selfsup.rundir import export_backbone, read_metrics
 from train_utils import changed, short_run, tiny_digits
 
