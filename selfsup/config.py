@@ -61,7 +61,7 @@ class OptimConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(100, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: str = "runs"
@@ -72,6 +72,10 @@ class TrainConfig(Section):
     collapse_rankme_fraction: float = Field(0.02, ge=0, le=1, description="warn when the embeddings' RankMe falls "
                                             "below this fraction of min(N, D)")
     progress_bar: bool | None = Field(None, description="null: only when stderr is a terminal")
+    checkpoint_every_minutes: float | None = Field(15.0, gt=0, description="also checkpoint mid-epoch when this many "
+                                                   "minutes passed since the last checkpoint (null: off)")
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint every this many steps "
+                                               "(null: off)")
 
 
 class EvalConfig(Section):

@@ -22,7 +22,7 @@ from selfsup.eval.evaluate import EVAL_PROTOCOLS, FEATURE_PROTOCOLS, LABEL_PROTO
 from selfsup.eval import (Metric, evaluate, extract_features, finetune, guillotine_probe, lidar,
                           linear_probe_on_images, metrics_from_probe, results_table, stratified_split)
 from selfsup.rundir import load_method, load_recipe_of, read_metrics
-from selfsup.train.loop import online_probe
+from selfsup.nets import online_probe
 from selfsup.views import build_views
 
 

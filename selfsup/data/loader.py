@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import torch
 
+from selfsup.seeds import mix_seed
+
 from .arrays import ImageArray
 from .errors import DataError
 
@@ -39,8 +41,9 @@ def check_batch_size(split: ImageArray, batch_size: int, world_size: int = 1) ->
 class EpochSampler:
     """Reproducible shuffled batches of row indices, sharded across ``world_size`` ranks.
 
-    Epoch ``e`` uses the permutation ``randperm(n)`` seeded with ``seed + e`` (identical on
-    every rank). Global batch ``s`` is ``perm[s*b*W : (s+1)*b*W]`` and rank ``r`` gets its rows
+    Epoch ``e`` uses the permutation ``randperm(n)`` seeded with ``mix_seed(seed, e)``, identical on
+    every rank (seed s at epoch e + 1 is unrelated to seed s + 1 at epoch e). Global batch ``s`` is
+    ``perm[s*b*W : (s+1)*b*W]`` and rank ``r`` gets its rows
     ``r*b : (r+1)*b``; the last partial global batch is dropped, so all ranks run
     ``steps_per_epoch = n // (b*W)`` steps of exactly ``b`` rows.
     """
@@ -70,7 +73,7 @@ class EpochSampler:
         """The epoch's row order (int64 ``[n]``), the same on all ranks."""
         if not self.shuffle:
             return torch.arange(self.n)
-        g = torch.Generator().manual_seed(self.seed + epoch)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
         return torch.randperm(self.n, generator=g)
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[torch.Tensor]:

@@ -1,6 +1,6 @@
 """One file per method. ``METHODS`` is the one mapping from recipe ``method.name`` to class."""
 
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import Method, MethodConfig, encode_views, n_global_views
 from selfsup.methods.byol import BYOL, BYOLConfig
 from selfsup.methods.simclr import SimCLR, SimCLRConfig
 from selfsup.methods.vicreg import VICReg, VICRegConfig
@@ -44,7 +44,7 @@ METHODS: dict[str, type[Method]] = {
     "deepcluster_v2": DeepClusterV2,
 }
 
-__all__ = ["METHODS", "Method", "MethodConfig", "encode_views", "SimCLR", "SimCLRConfig", "BYOL", "BYOLConfig",
+__all__ = ["METHODS", "Method", "MethodConfig", "encode_views", "n_global_views", "SimCLR", "SimCLRConfig", "BYOL", "BYOLConfig",
            "VICReg", "VICRegConfig"]
 __all__ += ["SimSiam", "SimSiamConfig", "DINO", "DINOConfig", "DirectPred", "DirectPredConfig"]
 __all__ += ["SupCon", "SupConConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config", "NNCLR", "NNCLRConfig", "DCL",

@@ -40,6 +40,14 @@ def encode_views(encoder: nn.Module, views: list[torch.Tensor]) -> list[torch.Te
     return out
 
 
+def n_global_views(views: list[torch.Tensor]) -> int:
+    """Number of leading views at the first view's resolution (multi-crop's global crops)."""
+    n = 1
+    while n < len(views) and views[n].shape[-2:] == views[0].shape[-2:]:
+        n += 1
+    return n
+
+
 class Method(nn.Module):
     """Base class: subclasses define ``Config``, ``__init__`` and ``forward``."""
 

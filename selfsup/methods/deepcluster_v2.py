@@ -26,8 +26,7 @@ from pydantic import Field, PositiveInt
 
 from selfsup.losses.clustering import nearest_prototype, spherical_kmeans
 from selfsup.losses.distributed import is_distributed, rank, world_size
-from selfsup.methods.base import Method, MethodConfig, encode_views
-from selfsup.methods.swav import ddp_ignore_buffers, n_global_views
+from selfsup.methods.base import Method, MethodConfig, encode_views, n_global_views
 from selfsup.nets import MemoryBank, mlp, out_dim
 from selfsup.nets.prototypes import Prototypes
 
@@ -59,14 +58,17 @@ class DeepClusterV2(Method):
         self.dim = out_dim(cfg.projector)
         self.prototypes = nn.ModuleList([Prototypes(self.dim, k).requires_grad_(False) for k in cfg.nmb_prototypes])
         self.bank = MemoryBank(cfg.memory_size, cfg.n_assign * self.dim, with_labels=True)  # labels = row indices
-        ddp_ignore_buffers(self, ["bank."])
-        self._keys: torch.Tensor | None = None  # sorted dataset indices that have pseudo-labels
-        self._targets: torch.Tensor | None = None  # [n_clusterings, len(keys)]
+        # this epoch's pseudo-labels, as buffers so that a mid-epoch checkpoint keeps them: the first
+        # ``n_labelled`` entries of ``label_keys`` are the sorted dataset rows that have one, and
+        # ``label_targets[h, i]`` is row ``label_keys[i]``'s cluster in clustering ``h``
+        self.register_buffer("label_keys", torch.zeros(cfg.memory_size, dtype=torch.long))
+        self.register_buffer("label_targets", torch.zeros(len(cfg.nmb_prototypes), cfg.memory_size, dtype=torch.long))
+        self.register_buffer("n_labelled", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def before_epoch(self, epoch: int) -> dict[str, float]:
         """Cluster the bank (each image once, its newest projections) and set the prototypes."""
-        self._keys = self._targets = None
+        self.n_labelled.zero_()
         m = int(self.bank.count)
         if m < max(self.cfg.nmb_prototypes):
             return {"kmeans_images": float(m)}
@@ -92,16 +94,19 @@ class DeepClusterV2(Method):
             a = nearest_prototype(xj, centroids)
             targets.append(a)
             used.append(float(torch.unique(a).numel()))
-        self._keys, self._targets = keys, torch.stack(targets)
+        n = len(keys)
+        self.label_keys[:n], self.label_targets[:, :n] = keys, torch.stack(targets)
+        self.n_labelled.fill_(n)
         return {"kmeans_images": float(len(keys)), "kmeans_clusters_used": sum(used) / len(used)}
 
     def _lookup(self, indices: torch.Tensor) -> torch.Tensor | None:
         """Pseudo-labels ``[n_clusterings, B]`` of the batch (-100 where an image has none)."""
-        if self._keys is None:
+        n = int(self.n_labelled)
+        if n == 0:
             return None
-        keys = self._keys.to(indices.device)
-        pos = torch.searchsorted(keys, indices.contiguous()).clamp_max(len(keys) - 1)
-        t = self._targets.to(indices.device)[:, pos]
+        keys = self.label_keys[:n]
+        pos = torch.searchsorted(keys, indices.contiguous()).clamp_max(n - 1)
+        t = self.label_targets[:, :n][:, pos]
         return t.masked_fill(keys[pos] != indices, -100)
 
     def forward(self, views, progress=0.0, labels=None, indices=None):

@@ -19,7 +19,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import DINOLoss
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import Method, MethodConfig, encode_views, n_global_views
 from selfsup.nets import EMA, DINOHead, cosine_momentum
 
 
@@ -62,9 +62,7 @@ class DINO(Method):
     def forward(self, views, progress=0.0, labels=None):
         """``views`` are [globals..., locals...]; the globals are the leading views at the first view's
         resolution. The teacher sees the globals, the student every view."""
-        n_global = 1
-        while n_global < len(views) and views[n_global].shape[-2:] == views[0].shape[-2:]:
-            n_global += 1
+        n_global = n_global_views(views)
         h = encode_views(self.backbone, views)
         y = self.head.bottleneck(torch.cat(h))  # one head pass over all crops, as DINO
         student = self.head.last_layer(y).chunk(len(views))

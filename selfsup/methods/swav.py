@@ -19,24 +19,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from selfsup.losses.clustering import swav_loss
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import Method, MethodConfig, encode_views, n_global_views
 from selfsup.nets import MemoryBank, mlp, out_dim
 from selfsup.nets.prototypes import Prototypes
-
-
-def n_global_views(views: list[torch.Tensor]) -> int:
-    """Number of leading views at the first view's resolution (multi-crop's global crops)."""
-    n = 1
-    while n < len(views) and views[n].shape[-2:] == views[0].shape[-2:]:
-        n += 1
-    return n
-
-
-def ddp_ignore_buffers(module: nn.Module, prefixes: list[str]) -> None:
-    """Keep DDP from broadcasting the buffers under ``prefixes`` from rank 0 at every forward: memory
-    banks are already identical on every rank (their ``enqueue`` gathers) and can be large."""
-    names = [n for n, _ in module.named_buffers() if any(n.startswith(p) for p in prefixes)]
-    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
 
 
 class SwAVConfig(MethodConfig):
@@ -65,7 +50,6 @@ class SwAV(Method):
         self.prototypes = Prototypes(dim, cfg.nmb_prototypes)
         self.queues = nn.ModuleList([MemoryBank(cfg.queue_length, dim) for _ in range(cfg.n_assign)]) \
             if cfg.queue_length else None
-        ddp_ignore_buffers(self, ["queues."])
 
     def forward(self, views, progress=0.0, labels=None):
         """``views`` are [globals..., locals...]: codes come from the first ``n_assign`` global crops and

@@ -18,8 +18,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses.correlation import wmse_loss
-from selfsup.methods.base import Method, MethodConfig, encode_views
-from selfsup.methods.swav import n_global_views
+from selfsup.methods.base import Method, MethodConfig, encode_views, n_global_views
 from selfsup.nets import mlp
 
 

@@ -47,3 +47,9 @@ def mlp(in_dim: int, spec: str | int, norm: str = "bn", last_norm: bool = False,
 
 def out_dim(spec: str | int) -> int:
     return parse_spec(spec)[-1]
+
+
+def online_probe(feat_dim: int, num_classes: int) -> nn.Module:
+    """The online linear probe on detached backbone features: a non-affine BatchNorm (so the
+    probe keeps up with features whose scale drifts during pretraining) then a linear layer."""
+    return nn.Sequential(nn.BatchNorm1d(feat_dim, affine=False), nn.Linear(feat_dim, num_classes))
