@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from selfsup.eval.evaluate import EVAL_PROTOCOLS
 from selfsup.methods import METHODS
 from selfsup.schema import Section
+from selfsup.views import VIEW_KINDS
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "simclr_digits"
@@ -34,7 +35,8 @@ class DataConfig(Section):
 
 
 class ViewsConfig(Section):
-    kind: Literal["simclr", "byol", "multicrop"] | None = Field(None, description="null: the method's default")
+    kind: Literal[VIEW_KINDS] | None = Field(None, description="simclr, byol, mocov2, msf, multicrop (DINO's) or "
+                                             "swav_multicrop; null: the method's default")
     params: dict[str, Any] = Field(default_factory=dict, description="overrides passed to selfsup.views.build_views")
 
 
@@ -53,7 +55,8 @@ class OptimConfig(Section):
     weight_decay_end: float | None = Field(None, ge=0, description="cosine weight-decay schedule end (DINO)")
     momentum: float = Field(0.9, ge=0, lt=1)
     betas: tuple[float, float] = (0.9, 0.999)
-    eta: float = Field(0.02, gt=0, description="LARS trust coefficient")
+    eta: float = Field(0.001, gt=0, description="LARS trust coefficient (1e-3 in SimCLR, BYOL, Barlow Twins, "
+                       "SwAV, VICReg, MoCo v3)")
     warmup_epochs: float = Field(10, ge=0)
     final_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of the peak lr")
     clip_grad: float | None = Field(None, gt=0)
@@ -80,6 +83,9 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     at_end: bool = Field(True, description="run `selfsup eval` when training ends")
+    encoder: Literal["student", "teacher"] | None = Field(
+        None, description="backbone to evaluate and export: student (online/query network) or teacher (EMA); "
+        "null: the paper's choice (teacher for DINO, student otherwise)")
     protocols: list[Literal[EVAL_PROTOCOLS]] = Field(
         default_factory=lambda: ["knn", "linear", "rankme", "alpha_req", "spectrum_auc", "rank", "lidar"])
     lidar_views: int = Field(8, ge=2, description="augmented views per image for LiDAR")

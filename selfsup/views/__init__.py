@@ -40,9 +40,12 @@ from selfsup.views.pipelines import (
     default_mean_std,
     local_crop_size,
     mean_std_of,
+    mocov2_views,
+    msf_views,
     multicrop_views,
     sample_view_params,
     simclr_views,
+    swav_multicrop_views,
 )
 
 __all__ = [
@@ -68,6 +71,8 @@ __all__ = [
     "gaussian_kernels",
     "local_crop_size",
     "mean_std_of",
+    "mocov2_views",
+    "msf_views",
     "multicrop_views",
     "normalize",
     "random_grayscale",
@@ -80,6 +85,7 @@ __all__ = [
     "sample_view_params",
     "simclr_views",
     "solarize",
+    "swav_multicrop_views",
     "torchvision_view",
     "torchvision_views",
 ]

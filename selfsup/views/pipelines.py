@@ -1,8 +1,10 @@
 """View pipelines: a ``ViewSpec`` per view, ``MultiView`` for the set, and paper recipes.
 
 SimCLR (Chen et al. 2020) uses two symmetric views; BYOL (Grill et al. 2020) two
-asymmetric ones (blur / solarization probabilities differ); SwAV / DINO add small local
-crops to two global ones ("multi-crop", Cookbook Sec. "Role of multi-crop"). Everything is
+asymmetric ones (blur / solarization probabilities differ); MoCo v2 (Chen et al. 2020) two
+symmetric, milder ones; MSF (Koohpayegani et al. 2021) a strong query and a weak target view;
+DINO and SwAV add small local crops to two global ones ("multi-crop", Cookbook Sec. "Role of
+multi-crop"), each with its own colour recipe. Everything is
 batched: ``x: Tensor[B, C, H, W]`` uint8 on any device, per-sample randomness drawn on the
 CPU from an explicit ``torch.Generator`` (so runs are reproducible and resume is exact).
 """
@@ -34,6 +36,9 @@ __all__ = [
     "simclr_views",
     "byol_views",
     "multicrop_views",
+    "mocov2_views",
+    "msf_views",
+    "swav_multicrop_views",
     "build_views",
     "VIEW_KINDS",
 ]
@@ -129,6 +134,14 @@ def sample_view_params(spec: ViewSpec, batch: int, height: int, width: int, gene
     return ViewParams(boxes, flip, jitter, gray, blur, sigma, sol)
 
 
+def _rows_of(params: ViewParams, rows: slice) -> ViewParams:
+    """The per-sample parameters of ``rows`` only."""
+    j = params.jitter
+    return ViewParams(params.boxes[rows], params.flip[rows], j._replace(factors=j.factors[rows], order=j.order[rows],
+                      apply=j.apply[rows]), params.gray[rows], params.blur[rows], params.blur_sigma[rows],
+                      params.solarize[rows])
+
+
 def _to_unit_float(x: Tensor) -> Tensor:
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"views expect images Tensor[B, C, H, W] with C in (1, 3), got shape {tuple(x.shape)}")
@@ -145,11 +158,15 @@ def apply_view(
     mean: Sequence[float],
     std: Sequence[float],
     generator: torch.Generator,
+    shard: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """One augmented view of a batch: crop+flip, jitter, grayscale, blur, solarize, normalise.
 
     ``x``: uint8 ``Tensor[B, C, H, W]`` (or float in [0, 1]) on any device; parameters are
     drawn per sample from the CPU ``generator``. Returns float32 ``Tensor[B, C, size, size]``.
+    ``shard=(rank, world)``: ``x`` is rows ``rank*B : (rank+1)*B`` of a global batch of ``world*B``;
+    the parameters are drawn for the whole global batch (same generator on every rank) and this
+    shard's rows are used, so the views do not depend on the number of processes.
     Resizing is bilinear without antialiasing (strong downscales alias slightly more than
     torchvision's antialiased per-image resize).
     """
@@ -157,7 +174,10 @@ def apply_view(
     b, c, h, w = xf.shape
     if len(mean) != c or len(std) != c:
         raise ValueError(f"mean/std need {c} values for {c}-channel images, got {len(mean)} and {len(std)}")
-    params = sample_view_params(spec, b, h, w, generator)
+    rank, world = shard
+    params = sample_view_params(spec, b * world, h, w, generator)
+    if world > 1:
+        params = _rows_of(params, slice(rank * b, (rank + 1) * b))
     out = resized_crop_flip(xf, params.boxes, params.flip, spec.size)
     out = color_jitter(out, params.jitter)
     if spec.gray_p > 0 and c == 3:
@@ -212,14 +232,15 @@ class MultiView:
         """All view specs, globals first."""
         return self.global_views + self.local_views
 
-    def __call__(self, x: Tensor, generator: torch.Generator) -> list[Tensor]:
+    def __call__(self, x: Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> list[Tensor]:
+        """The views of ``x``; ``shard=(rank, world)`` as in :func:`apply_view`."""
         xf = _to_unit_float(x)
         if xf.shape[1] != len(self.mean):
             raise ValueError(
                 f"these views were built for {len(self.mean)}-channel images, got {xf.shape[1]} channels; "
                 "rebuild with matching channels/mean/std"
             )
-        return [apply_view(xf, spec, self.mean, self.std, generator) for spec in self.specs]
+        return [apply_view(xf, spec, self.mean, self.std, generator, shard) for spec in self.specs]
 
     def __repr__(self) -> str:
         specs = ",\n  ".join(repr(s) for s in self.specs)
@@ -267,7 +288,12 @@ def replace_all(specs: Sequence[ViewSpec], **fields: Any) -> list[ViewSpec]:
 # Blur sigma keeps the papers' (0.1, 2.0) px, truncated by the kernel on small images.
 # ---------------------------------------------------------------------------------------
 
+#: BYOL Table 6 (also DINO's DataAugmentationDINO): brightness, contrast, saturation, hue, p
 _BYOL_JITTER = (0.4, 0.4, 0.2, 0.1, 0.8)
+#: MoCo v2's ``aug_plus`` ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 (= SimCLR's strength 0.5)
+_MOCOV2_JITTER = (0.4, 0.4, 0.4, 0.1, 0.8)
+#: SimCLR's colour distortion at strength 1 (App. A), used by SwAV's multi-crop
+_SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2, 0.8)
 
 
 def _check_image_size(image_size: int) -> None:
@@ -313,28 +339,33 @@ def byol_views(image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequ
     return MultiView(list(_byol_pair(image_size, (0.08, 1.0))), [], mean, std)
 
 
+def _check_counts(n_global: int, n_local: int) -> None:
+    if isinstance(n_global, bool) or not isinstance(n_global, int) or n_global < 1:
+        raise ValueError(f"n_global must be an int >= 1, got {n_global!r}")
+    if isinstance(n_local, bool) or not isinstance(n_local, int) or n_local < 0:
+        raise ValueError(f"n_local must be an int >= 0, got {n_local!r}")
+
+
 def multicrop_views(
     image_size: int,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     n_global: int = 2,
-    n_local: int = 6,
+    n_local: int = 8,
     global_scale: tuple[float, float] = (0.4, 1.0),
     local_scale: tuple[float, float] = (0.05, 0.4),
     local_size: int | None = None,
 ) -> MultiView:
-    """SwAV / DINO multi-crop (Caron et al. 2020, 2021): large global crops + small local ones.
+    """DINO's multi-crop (Caron et al. 2021, Sec. 3.1 and the official
+    ``DataAugmentationDINO``): 2 global crops (side ``image_size``, scale 0.4-1) and 8 local ones
+    (side ``local_size``, default 3/7 of ``image_size`` like 96/224, >= 8 px; scale 0.05-0.4).
 
-    Globals (side ``image_size``, scale ``global_scale``) alternate DINO's two asymmetric
-    global transforms (blur 1.0 / blur 0.1 + solarize 0.2); locals (side ``local_size``,
-    default 3/7 of ``image_size`` like 96/224, >= 8 px; scale ``local_scale``) use blur 0.5.
-    All views: flip 0.5, jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2.
+    Globals alternate DINO's two asymmetric transforms (blur 1.0 / blur 0.1 + solarize 0.2, BYOL's
+    pair); locals use blur 0.5. All views: flip 0.5, jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2.
+    SwAV's multi-crop uses a different colour recipe: :func:`swav_multicrop_views`.
     """
     _check_image_size(image_size)
-    if isinstance(n_global, bool) or not isinstance(n_global, int) or n_global < 1:
-        raise ValueError(f"n_global must be an int >= 1, got {n_global!r}")
-    if isinstance(n_local, bool) or not isinstance(n_local, int) or n_local < 0:
-        raise ValueError(f"n_local must be an int >= 0, got {n_local!r}")
+    _check_counts(n_global, n_local)
     if local_size is None:
         local_size = local_crop_size(image_size)
     pair = _byol_pair(image_size, tuple(global_scale))  # type: ignore[arg-type]
@@ -343,11 +374,79 @@ def multicrop_views(
     return MultiView(globals_, [dataclasses.replace(local) for _ in range(n_local)], mean, std)
 
 
-_RECIPES = {"simclr": simclr_views, "byol": byol_views, "multicrop": multicrop_views}
+def swav_multicrop_views(
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    n_global: int = 2,
+    n_local: int = 6,
+    global_scale: tuple[float, float] = (0.14, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.14),
+    local_size: int | None = None,
+) -> MultiView:
+    """SwAV's multi-crop (Caron et al. 2020, Sec. 3.2 and App. A.1; official ``MultiCropDataset``),
+    also DeepCluster-v2's: 2 x 224 (scale 0.14-1) + 6 x 96 (scale 0.05-0.14); ``local_size`` defaults
+    to 3/7 of ``image_size`` (96/224), >= 8 px.
+
+    Every crop gets the same transform: flip 0.5, SimCLR's colour distortion at strength 1
+    (jitter 0.8, 0.8, 0.8, 0.2 with p 0.8, grayscale 0.2), Gaussian blur p 0.5 (sigma 0.1-2), and
+    no solarization (unlike DINO's :func:`multicrop_views`).
+    """
+    _check_image_size(image_size)
+    _check_counts(n_global, n_local)
+    if local_size is None:
+        local_size = local_crop_size(image_size)
+    common = dict(jitter=_SIMCLR_JITTER, gray_p=0.2, blur_p=0.5)
+    globals_ = [ViewSpec(size=image_size, scale=tuple(global_scale), **common) for _ in range(n_global)]  # type: ignore[arg-type]
+    locals_ = [ViewSpec(size=local_size, scale=tuple(local_scale), **common) for _ in range(n_local)]  # type: ignore[arg-type]
+    return MultiView(globals_, locals_, mean, std)
+
+
+def _mocov2_spec(size: int) -> ViewSpec:
+    return ViewSpec(size=size, scale=(0.2, 1.0), jitter=_MOCOV2_JITTER, gray_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0))
+
+
+def mocov2_views(
+    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, n_views: int = 2
+) -> MultiView:
+    """MoCo v2's symmetric views (Chen, Fan, Girshick & He 2020, Table 1 "aug+"; official
+    ``aug_plus``): crop scale (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, Gaussian
+    blur sigma (0.1, 2) p 0.5, flip 0.5. The same at every size (no CIFAR exception, unlike SimCLR's).
+
+    SimSiam uses these views (Chen & He 2021, implementation details: "the same as MoCo v2"). ``n_views`` identical
+    views (W-MSE trains on 4 positives per image).
+    """
+    _check_image_size(image_size)
+    if isinstance(n_views, bool) or not isinstance(n_views, int) or n_views < 2:
+        raise ValueError(f"n_views must be an int >= 2, got {n_views!r}")
+    return MultiView([_mocov2_spec(image_size) for _ in range(n_views)], [], mean, std)
+
+
+def msf_views(
+    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+    weak_target: bool = True,
+) -> MultiView:
+    """MSF's weak/strong pair (Koohpayegani et al. 2021, Sec. 4, weak/strong augmentation;
+    official ``train_msf.py --weak_strong``): view 1, the query, is MoCo v2's strong view (see
+    :func:`mocov2_views`); view 2, the target, is weak: crop scale (0.2, 1) and flip 0.5 only.
+    ``weak_target=False`` gives the paper's strong/strong variant.
+    """
+    _check_image_size(image_size)
+    strong = _mocov2_spec(image_size)
+    weak = ViewSpec(size=image_size, scale=(0.2, 1.0)) if weak_target else dataclasses.replace(strong)
+    return MultiView([strong, weak], [], mean, std)
+
+
+_RECIPES = {"simclr": simclr_views, "byol": byol_views, "multicrop": multicrop_views, "mocov2": mocov2_views,
+            "msf": msf_views, "swav_multicrop": swav_multicrop_views}
+_MULTICROP_EXTRAS = {"n_global", "n_local", "global_scale", "local_scale", "local_size"}
 _RECIPE_EXTRAS = {
     "simclr": {"strength"},
     "byol": set(),
-    "multicrop": {"n_global", "n_local", "global_scale", "local_scale", "local_size"},
+    "multicrop": _MULTICROP_EXTRAS,
+    "mocov2": {"n_views"},
+    "msf": {"weak_target"},
+    "swav_multicrop": _MULTICROP_EXTRAS,
 }
 VIEW_KINDS = tuple(_RECIPES)
 
@@ -360,11 +459,14 @@ def build_views(
     std: Sequence[float] | None = None,
     **overrides: Any,
 ) -> MultiView:
-    """Build a recipe's ``MultiView`` by name: ``kind`` in {"simclr", "byol", "multicrop"}.
+    """Build a recipe's ``MultiView`` by name, ``kind`` in :data:`VIEW_KINDS`: "simclr" (SimCLR),
+    "byol" (BYOL), "multicrop" (DINO's), "mocov2" (MoCo v2, SimSiam), "msf" (MSF's weak/strong),
+    "swav_multicrop" (SwAV's, DeepCluster-v2's).
 
     ``overrides`` are ViewSpec fields applied to every view (e.g. ``scale=(0.2, 1.0)``,
-    ``blur_p=0.0``) plus the recipe's own arguments (simclr: ``strength``; multicrop:
-    ``n_global``, ``n_local``, ``global_scale``, ``local_scale``, ``local_size``).
+    ``blur_p=0.0``) plus the recipe's own arguments (simclr: ``strength``; mocov2: ``n_views``;
+    msf: ``weak_target``; multicrop and swav_multicrop: ``n_global``, ``n_local``, ``global_scale``,
+    ``local_scale``, ``local_size``).
     mean/std default to :func:`default_mean_std` of ``channels``.
     """
     if kind not in _RECIPES:
