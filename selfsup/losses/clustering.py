@@ -14,11 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from selfsup.losses.distributed import all_reduce_sum, is_distributed, rank, world_size
-from selfsup.losses.precision import upcast
-
-
-def _no_autocast(x: torch.Tensor):
-    return torch.autocast(x.device.type, enabled=False)
+from selfsup.losses.precision import fp32_loss
 
 
 def _all_reduce_max(x: torch.Tensor) -> torch.Tensor:
@@ -29,6 +25,7 @@ def _all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@fp32_loss
 @torch.no_grad()
 def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, n_iters: int = 3,
                    distributed: bool = True) -> torch.Tensor:
@@ -51,20 +48,20 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, n_iters: int = 3
     if epsilon <= 0 or n_iters < 0:
         raise ValueError(f"sinkhorn_knopp needs epsilon > 0 and n_iters >= 0, got {epsilon} and {n_iters}")
     reduce = all_reduce_sum if distributed else (lambda t: t)
-    with _no_autocast(scores):
-        s = upcast(scores.detach())
-        top = _all_reduce_max(s.max()) if distributed else s.max()
-        q = torch.exp((s - top) / epsilon).T  # [K, B]; the max shift cancels in the normalisations
-        k = q.shape[0]
-        b = reduce(torch.tensor(float(q.shape[1]), dtype=q.dtype, device=q.device))
-        q = q / reduce(q.sum())
-        tiny = torch.finfo(q.dtype).tiny
-        for _ in range(n_iters):
-            q = q / reduce(q.sum(1, keepdim=True)).clamp_min(tiny) / k  # each prototype gets mass 1/K
-            q = q / q.sum(0, keepdim=True).clamp_min(tiny) / b  # each sample gets mass 1/B
-        return (q * b).T
+    s = scores.detach()
+    top = _all_reduce_max(s.max()) if distributed else s.max()
+    q = torch.exp((s - top) / epsilon).T  # [K, B]; the max shift cancels in the normalisations
+    k = q.shape[0]
+    b = reduce(torch.tensor(float(q.shape[1]), dtype=q.dtype, device=q.device))
+    q = q / reduce(q.sum())
+    tiny = torch.finfo(q.dtype).tiny
+    for _ in range(n_iters):
+        q = q / reduce(q.sum(1, keepdim=True)).clamp_min(tiny) / k  # each prototype gets mass 1/K
+        q = q / q.sum(0, keepdim=True).clamp_min(tiny) / b  # each sample gets mass 1/B
+    return (q * b).T
 
 
+@fp32_loss
 def swapped_prediction(scores: Sequence[torch.Tensor], codes: Sequence[torch.Tensor],
                        temperature: float = 0.1) -> torch.Tensor:
     r"""SwAV's swapped prediction loss with multi-crop (Caron et al., 2020, Eq. (1)-(2), Section 3.2).
@@ -81,16 +78,16 @@ def swapped_prediction(scores: Sequence[torch.Tensor], codes: Sequence[torch.Ten
     if len(codes) < 1 or len(scores) < 2 or len(codes) > len(scores):
         raise ValueError(f"swapped_prediction needs >= 2 crops and 1..{len(scores)} codes, "
                          f"got {len(scores)} crops and {len(codes)} codes")
-    loss = scores[0].new_zeros((), dtype=torch.float32 if scores[0].dtype != torch.float64 else torch.float64)
-    with _no_autocast(scores[0]):
-        log_p = [F.log_softmax(upcast(s) / temperature, dim=1) for s in scores]
-        for i, q in enumerate(codes):
-            q = upcast(q.detach())
-            sub = sum(-(q * log_p[v]).sum(1).mean() for v in range(len(scores)) if v != i)
-            loss = loss + sub / (len(scores) - 1)
+    loss = scores[0].new_zeros(())
+    log_p = [F.log_softmax(s / temperature, dim=1) for s in scores]
+    for i, q in enumerate(codes):
+        q = q.detach()
+        sub = sum(-(q * log_p[v]).sum(1).mean() for v in range(len(scores)) if v != i)
+        loss = loss + sub / (len(scores) - 1)
     return loss / len(codes)
 
 
+@fp32_loss
 def swav_loss(scores: Sequence[torch.Tensor], n_assign: int = 2, temperature: float = 0.1, epsilon: float = 0.05,
               n_iters: int = 3, queue_scores: Sequence[torch.Tensor | None] | None = None,
               distributed: bool = True) -> torch.Tensor:
@@ -119,6 +116,7 @@ def swav_loss(scores: Sequence[torch.Tensor], n_assign: int = 2, temperature: fl
     return swapped_prediction(scores, codes, temperature)
 
 
+@fp32_loss
 @torch.no_grad()
 def nearest_prototype(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     """Index of the most similar centroid (largest dot product) for every row of ``x``, in chunks of
@@ -129,6 +127,7 @@ def nearest_prototype(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 655
     return out
 
 
+@fp32_loss
 @torch.no_grad()
 def spherical_kmeans(x: torch.Tensor, init: torch.Tensor, n_iters: int = 10, distributed: bool = True,
                      chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:

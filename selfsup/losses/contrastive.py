@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.losses.distributed import gather, local_offset
-from selfsup.losses.precision import upcast
+from selfsup.losses.precision import fp32_loss
 
 
+@fp32_loss
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, distributed: bool = True) -> torch.Tensor:
     r"""NT-Xent of SimCLR (Chen et al., 2020), Eq. (1).
 
@@ -36,11 +37,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, distri
     self_idx = torch.cat([idx, idx + n_all])
     pos_idx = torch.cat([idx + n_all, idx])
     rows = torch.arange(2 * n, device=z1.device)
-    logits = upcast(logits)
     logits[rows, self_idx] = float("-inf")
     return F.cross_entropy(logits, pos_idx)
 
 
+@fp32_loss
 def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None = None,
              temperature: float = 0.2, distributed: bool = True) -> torch.Tensor:
     r"""InfoNCE (van den Oord et al., 2018) with in-batch and optional extra negatives.
@@ -59,9 +60,10 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tenso
     if negatives is not None:
         logits = torch.cat([logits, q @ F.normalize(negatives, dim=1).T], 1)
     labels = torch.arange(q.shape[0], device=q.device) + off
-    return F.cross_entropy(upcast(logits) / temperature, labels)
+    return F.cross_entropy(logits / temperature, labels)
 
 
+@fp32_loss
 def supcon(views: list[torch.Tensor], labels: torch.Tensor | None, temperature: float = 0.1,
            distributed: bool = True) -> torch.Tensor:
     r"""Supervised contrastive loss :math:`\mathcal{L}^{sup}_{out}` (Khosla et al., 2020, Eq. 2).
@@ -94,7 +96,7 @@ def supcon(views: list[torch.Tensor], labels: torch.Tensor | None, temperature: 
         y_local = labels
         y_all = gather(labels, grad=False) if distributed else labels
     n_views = len(views)
-    logits = upcast(torch.cat(z, 0) @ torch.cat(g, 0).T) / temperature  # [V n, V N]
+    logits = torch.cat(z, 0) @ torch.cat(g, 0).T / temperature  # [V n, V N]
     rows = torch.arange(n_views * n, device=device)
     self_idx = (rows // n) * n_all + off + rows % n
     is_self = torch.zeros_like(logits, dtype=torch.bool)
@@ -106,6 +108,7 @@ def supcon(views: list[torch.Tensor], labels: torch.Tensor | None, temperature: 
     return per_anchor.mean()
 
 
+@fp32_loss
 def dcl(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, sigma: float | None = None,
         distributed: bool = True) -> torch.Tensor:
     r"""Decoupled contrastive loss, DCL (Yeh et al., 2021, Eq. 6); DCLW when ``sigma`` is set.
@@ -130,14 +133,14 @@ def dcl(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, sigma: flo
     g1, g2 = (gather(z1), gather(z2)) if distributed else (z1, z2)
     n, n_all = z1.shape[0], g1.shape[0]
     off = local_offset(n) if distributed else 0
-    logits = upcast(torch.cat([z1, z2], 0) @ torch.cat([g1, g2], 0).T) / temperature  # [2n, 2N]
+    logits = torch.cat([z1, z2], 0) @ torch.cat([g1, g2], 0).T / temperature  # [2n, 2N]
     idx = torch.arange(n, device=z1.device) + off
     rows = torch.arange(2 * n, device=z1.device)
     drop = torch.zeros_like(logits, dtype=torch.bool)
     drop[rows, torch.cat([idx, idx + n_all])] = True  # the anchor itself
     drop[rows, torch.cat([idx + n_all, idx])] = True  # its positive: decoupled from the denominator
     logits = logits.masked_fill(drop, float("-inf"))
-    pos = upcast((z1 * z2).sum(1))
+    pos = (z1 * z2).sum(1)
     weight = 1.0
     if sigma is not None:
         pos_all = gather(pos) if distributed else pos
@@ -147,6 +150,7 @@ def dcl(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, sigma: flo
     return (torch.logsumexp(logits, dim=1) - positive).mean()
 
 
+@fp32_loss
 def moco_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
     r"""MoCo's InfoNCE (He et al., 2020, Eq. 1): each query's positive is its own key, the negatives
     are the queue :math:`\{n_m\}` (keys of past batches), on L2-normalised vectors:
@@ -163,9 +167,10 @@ def moco_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperat
     neg = F.normalize(queue.detach(), dim=1).to(q.dtype)
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ neg.T], 1)
     labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    return F.cross_entropy(upcast(logits) / temperature, labels)
+    return F.cross_entropy(logits / temperature, labels)
 
 
+@fp32_loss
 def moco_v3_loss(q1: torch.Tensor, q2: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, temperature: float = 1.0,
                  distributed: bool = True) -> torch.Tensor:
     r"""MoCo v3 (Chen, Xie & He, 2021, Alg. 1): symmetric InfoNCE with in-batch keys, scaled by :math:`2\tau`,
@@ -180,6 +185,7 @@ def moco_v3_loss(q1: torch.Tensor, q2: torch.Tensor, k1: torch.Tensor, k2: torch
                               + info_nce(q2, k1, None, temperature, distributed))
 
 
+@fp32_loss
 def relic_terms(z1: torch.Tensor, z2: torch.Tensor, t1: torch.Tensor | None = None, t2: torch.Tensor | None = None,
                 temperature: float = 0.1, distributed: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The two terms of ReLIC (Mitrovic et al., 2021, Eq. 3): instance discrimination and invariance.
@@ -202,13 +208,14 @@ def relic_terms(z1: torch.Tensor, z2: torch.Tensor, t1: torch.Tensor | None = No
     g1, g2 = (gather(t1), gather(t2)) if distributed else (t1, t2)
     off = local_offset(z1.shape[0]) if distributed else 0
     labels = torch.arange(z1.shape[0], device=z1.device) + off
-    logp12 = F.log_softmax(upcast(z1 @ g2.T) / temperature, dim=1)
-    logp21 = F.log_softmax(upcast(z2 @ g1.T) / temperature, dim=1)
+    logp12 = F.log_softmax(z1 @ g2.T / temperature, dim=1)
+    logp21 = F.log_softmax(z2 @ g1.T / temperature, dim=1)
     ctr = (F.nll_loss(logp12, labels) + F.nll_loss(logp21, labels)) / 2
     kl = (logp12.exp() * (logp12 - logp21)).sum(1) + (logp21.exp() * (logp21 - logp12)).sum(1)
     return ctr, kl.mean() / 2
 
 
+@fp32_loss
 def relic_loss(z1: torch.Tensor, z2: torch.Tensor, t1: torch.Tensor | None = None, t2: torch.Tensor | None = None,
                temperature: float = 0.1, alpha: float = 1.0, distributed: bool = True) -> torch.Tensor:
     r"""ReLIC (Mitrovic et al., 2021): :math:`\mathcal{L}_{ctr} + \alpha\,\mathcal{L}_{inv}` (:func:`relic_terms`)."""

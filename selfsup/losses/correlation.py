@@ -6,15 +6,17 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.losses.distributed import gather
-from selfsup.losses.precision import upcast
+from selfsup.losses.precision import fp32_loss
 
 
+@fp32_loss
 def off_diagonal(m: torch.Tensor) -> torch.Tensor:
     """Flattened off-diagonal elements of a square matrix."""
     n = m.shape[0]
     return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
 
 
+@fp32_loss
 def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4,
                  distributed: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""The three VICReg terms (Bardes et al., 2022), Eqs. (1)-(4).
@@ -40,6 +42,7 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, gamma: float = 1.0, eps: fl
     return inv, var, cov
 
 
+@fp32_loss
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_: float = 25.0, mu: float = 25.0, nu: float = 1.0,
                 gamma: float = 1.0, eps: float = 1e-4, distributed: bool = True) -> torch.Tensor:
     r"""VICReg: :math:`\lambda s(Z,Z') + \mu [v(Z)+v(Z')]/2 + \nu [c(Z)+c(Z')]` (see :func:`vicreg_terms`)."""
@@ -47,10 +50,7 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_: float = 25.0, mu: f
     return lambda_ * inv + mu * var + nu * cov
 
 
-def _no_autocast(x: torch.Tensor):
-    return torch.autocast(x.device.type, enabled=False)
-
-
+@fp32_loss
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_: float = 5e-3, eps: float = 1e-5,
                       distributed: bool = True) -> torch.Tensor:
     r"""Barlow Twins (Zbontar et al., 2021), Eqs. (1)-(2).
@@ -62,25 +62,24 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_: float = 5e-3,
     .. math:: \mathcal{L}_{BT} = \sum_i (1 - \mathcal{C}_{ii})^2 + \lambda \sum_i \sum_{j \ne i} \mathcal{C}_{ij}^2.
 
     Under DDP the embeddings are gathered with gradient, so every rank computes the global-batch loss.
-    Computed in float32 even under autocast.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(f"barlow_twins_loss expects two [N, D] tensors of equal shape, got {tuple(z1.shape)} "
                          f"and {tuple(z2.shape)}")
-    with _no_autocast(z1):
-        g1, g2 = (gather(upcast(z1)), gather(upcast(z2))) if distributed else (upcast(z1), upcast(z2))
-        n = g1.shape[0]
-        if n < 2:
-            raise ValueError("barlow_twins_loss needs a batch of at least 2 samples to standardise the embeddings")
+    g1, g2 = (gather(z1), gather(z2)) if distributed else (z1, z2)
+    n = g1.shape[0]
+    if n < 2:
+        raise ValueError("barlow_twins_loss needs a batch of at least 2 samples to standardise the embeddings")
 
-        def standardise(z: torch.Tensor) -> torch.Tensor:
-            return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
+    def standardise(z: torch.Tensor) -> torch.Tensor:
+        return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
 
-        c = standardise(g1).T @ standardise(g2) / n
-        on_diag = (torch.diagonal(c) - 1).pow(2).sum()
-        return on_diag + lambda_ * off_diagonal(c).pow(2).sum()
+    c = standardise(g1).T @ standardise(g2) / n
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    return on_diag + lambda_ * off_diagonal(c).pow(2).sum()
 
 
+@fp32_loss
 def cholesky_whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     r"""W-MSE's whitening (Ermolov et al., 2021), Eqs. (4)-(6): with :math:`x_c = x - \mu` and
     :math:`\Sigma = x_c^\top x_c/(n-1)` (shrunk to :math:`(1-\epsilon)\Sigma + \epsilon I`), the Cholesky
@@ -92,15 +91,15 @@ def cholesky_whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     if n <= d and eps == 0:
         raise ValueError(f"whitening {n} samples of dimension {d} needs more samples than dimensions for a "
                          f"full-rank covariance; use a larger w_size or set w_eps > 0")
-    with _no_autocast(x):
-        xc = upcast(x) - upcast(x).mean(0)
-        cov = xc.T @ xc / (n - 1)
-        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-        cov = (1 - eps) * cov + eps * eye
-        chol = torch.linalg.cholesky(cov)
-        return torch.linalg.solve_triangular(chol, xc.T, upper=False).T
+    xc = x - x.mean(0)
+    cov = xc.T @ xc / (n - 1)
+    eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+    cov = (1 - eps) * cov + eps * eye
+    chol = torch.linalg.cholesky(cov)
+    return torch.linalg.solve_triangular(chol, xc.T, upper=False).T
 
 
+@fp32_loss
 def wmse_loss(views: list[torch.Tensor], w_size: int = 128, w_iter: int = 1, eps: float = 0.0,
               generator: torch.Generator | None = None, distributed: bool = True) -> torch.Tensor:
     r"""W-MSE (Ermolov et al., 2021), Eq. (3) with the paper's batch slicing (Section 4).
@@ -126,7 +125,6 @@ def wmse_loss(views: list[torch.Tensor], w_size: int = 128, w_iter: int = 1, eps
         perm = torch.randperm(n, generator=generator).to(g[0].device)
         back = torch.argsort(perm)  # rows of the concatenated groups -> original batch order
         white = [torch.cat([cholesky_whiten(v[idx], eps) for idx in perm.view(-1, w_size)])[back] for v in g]
-        with _no_autocast(white[0]):
-            for i, j in pairs:
-                loss = loss + (2 - 2 * F.cosine_similarity(white[i], white[j], dim=1)).mean()
+        for i, j in pairs:
+            loss = loss + (2 - 2 * F.cosine_similarity(white[i], white[j], dim=1)).mean()
     return loss / (w_iter * len(pairs))

@@ -9,14 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from selfsup.losses.distributed import all_reduce_sum
-from selfsup.losses.precision import upcast
+from selfsup.losses.precision import fp32_loss
 
 
-def _full_precision(x: torch.Tensor) -> torch.autocast:
-    """A context where autocast is off (matmuls keep ``x``'s fp32/fp64)."""
-    return torch.autocast(x.device.type, enabled=False)
-
-
+@fp32_loss
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     r"""BYOL regression loss (Grill et al., 2020), Eq. (2):
 
@@ -28,11 +24,13 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)).mean()
 
 
+@fp32_loss
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     r"""SimSiam's symmetric-half loss :math:`-\cos(p, \mathrm{sg}(z))` (Chen & He, 2021), Eq. (1)."""
     return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
 
 
+@fp32_loss
 def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     r"""SimSiam's symmetric loss (Chen & He, 2021), Eq. (2):
 
@@ -44,6 +42,7 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
     return (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2
 
 
+@fp32_loss
 def dino_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], center: torch.Tensor,
               student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
     r"""DINO's multi-crop cross-entropy (Caron et al., 2021), Eq. (3) and Algorithm 1.
@@ -68,16 +67,16 @@ def dino_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], 
     shapes = {tuple(x.shape) for x in [*student, *teacher]}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise ValueError(f"dino_loss: every crop must be a [batch, K] tensor of one shape, got {sorted(shapes)}")
-    log_p = F.log_softmax(upcast(torch.stack(list(student))) / student_temp, dim=-1)  # [V, B, K]
+    log_p = F.log_softmax(torch.stack(list(student)) / student_temp, dim=-1)  # [V, B, K]
     with torch.no_grad():
-        q = F.softmax((upcast(torch.stack(list(teacher))) - center) / teacher_temp, dim=-1)  # [G, B, K]
+        q = F.softmax((torch.stack(list(teacher)) - center) / teacher_temp, dim=-1)  # [G, B, K]
     batch = log_p.shape[1]
-    with _full_precision(log_p):  # the sums over B x K stay in fp32 under autocast, as DINO's elementwise loss
-        ce = -q.flatten(1) @ log_p.flatten(1).T / batch  # [G, V]: mean cross-entropy of each (teacher, student) pair
+    ce = -q.flatten(1) @ log_p.flatten(1).T / batch  # [G, V]: mean cross-entropy of each (teacher, student) pair
     same_view = torch.eye(n_t, n_s, dtype=torch.bool, device=ce.device)
     return ce.masked_fill(same_view, 0.0).sum() / (n_s * n_t - n_t)
 
 
+@fp32_loss
 @torch.no_grad()
 def dino_center_update(center: torch.Tensor, teacher: Sequence[torch.Tensor] | torch.Tensor,
                        momentum: float = 0.9) -> torch.Tensor:
@@ -87,7 +86,7 @@ def dino_center_update(center: torch.Tensor, teacher: Sequence[torch.Tensor] | t
     over every teacher crop. Returns the new center; nothing is updated in place and no gradient flows.
     """
     t = torch.cat(list(teacher)) if isinstance(teacher, (list, tuple)) else teacher
-    t = upcast(t.detach()).flatten(0, -2)
+    t = t.detach().flatten(0, -2)
     stats = torch.cat([t.sum(0), t.new_tensor([t.shape[0]])])
     stats = all_reduce_sum(stats)
     return center * momentum + (1 - momentum) * (stats[:-1] / stats[-1]).to(center.dtype)
@@ -117,6 +116,7 @@ class DINOLoss(nn.Module):
         return loss
 
 
+@fp32_loss
 @torch.no_grad()
 def correlation_update(corr: torch.Tensor, z: torch.Tensor, rho: float) -> torch.Tensor:
     r"""DirectPred's running correlation (Tian et al., 2021), Eq. (19):
@@ -126,16 +126,16 @@ def correlation_update(corr: torch.Tensor, z: torch.Tensor, rho: float) -> torch
     with the expectation over the global batch (sums and counts all-reduced over processes).
     ``z`` is ``[batch, d]`` (detached here); returns the new ``[d, d]`` matrix.
     """
-    z = upcast(z.detach())
+    z = z.detach()
     d = z.shape[1]
     if corr.shape != (d, d):
         raise ValueError(f"correlation_update: corr must be [{d}, {d}] for {d}-d inputs, got {list(corr.shape)}")
-    with _full_precision(z):
-        zz = z.T @ z
+    zz = z.T @ z
     stats = all_reduce_sum(torch.cat([zz.flatten(), z.new_tensor([z.shape[0]])]))
     return rho * corr + (1 - rho) * (stats[:-1].view(d, d) / stats[-1]).to(corr.dtype)
 
 
+@fp32_loss
 @torch.no_grad()
 def directpred_predictor(corr: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
     r"""DirectPred's linear predictor (Tian et al., 2021), Eq. (18): with :math:`\hat F = U\,\mathrm{diag}(s)\,U^\top`,
@@ -144,8 +144,7 @@ def directpred_predictor(corr: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
 
     Negative eigenvalues (rounding) count as 0. ``W_p`` is symmetric, so ``z @ W_p`` applies it to rows.
     """
-    with _full_precision(corr):
-        s, u = torch.linalg.eigh((corr + corr.T) / 2)
-        s = s.clamp(min=0)
-        p = (s / s.max().clamp(min=torch.finfo(s.dtype).tiny)).sqrt() + eps
-        return (u * p) @ u.T
+    s, u = torch.linalg.eigh((corr + corr.T) / 2)
+    s = s.clamp(min=0)
+    p = (s / s.max().clamp(min=torch.finfo(s.dtype).tiny)).sqrt() + eps
+    return (u * p) @ u.T

@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.losses.distributed import gather, local_offset
+from selfsup.losses.precision import fp32_loss
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
+@fp32_loss
 def margin_contrastive(x1: torch.Tensor, x2: torch.Tensor, same: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
     r"""The contrastive loss of Hadsell, Chopra & LeCun (2006), Eq. (4), averaged over pairs:
 
@@ -41,6 +43,7 @@ def margin_contrastive(x1: torch.Tensor, x2: torch.Tensor, same: torch.Tensor, m
     return torch.where(same.bool(), d.pow(2), F.relu(margin - d).pow(2)).mean() / 2
 
 
+@fp32_loss
 def triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
     r"""The triplet loss of FaceNet (Schroff et al., 2015, Eq. 1; Weinberger & Saul, 2009), averaged:
 
@@ -76,6 +79,7 @@ def _batch_distances(z1: torch.Tensor, z2: torch.Tensor, normalize: bool, distri
     return d_ap, d_an, valid
 
 
+@fp32_loss
 def batch_margin_contrastive(z1: torch.Tensor, z2: torch.Tensor, margin: float = 1.0, normalize: bool = True,
                              distributed: bool = True) -> torch.Tensor:
     r""":func:`margin_contrastive` over a batch of view pairs: the two views of an image are similar,
@@ -88,6 +92,7 @@ def batch_margin_contrastive(z1: torch.Tensor, z2: torch.Tensor, margin: float =
     return (d_ap.mean() + neg) / 2
 
 
+@fp32_loss
 def batch_triplet(z1: torch.Tensor, z2: torch.Tensor, margin: float = 0.2,
                   mining: Literal["all", "hard", "semihard"] = "semihard", normalize: bool = True,
                   distributed: bool = True) -> torch.Tensor:
@@ -188,6 +193,7 @@ def unified_preset(name: str, tau: float = 0.2, eps: float | None = None) -> Phi
     return build(tau, eps)
 
 
+@fp32_loss
 def unified_contrastive(z1: torch.Tensor, z2: torch.Tensor, phi: PhiPsi | Fn, psi: Fn | None = None,
                         negatives: Literal["other", "all"] = "all", normalize: bool = True, symmetric: bool = True,
                         distributed: bool = True) -> torch.Tensor:
@@ -213,8 +219,6 @@ def unified_contrastive(z1: torch.Tensor, z2: torch.Tensor, phi: PhiPsi | Fn, ps
                          f"and {tuple(z2.shape)}")
     if normalize:
         z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    if z1.dtype in (torch.float16, torch.bfloat16):
-        z1, z2 = z1.float(), z2.float()
     g1, g2 = (gather(z1), gather(z2)) if distributed else (z1, z2)
     off = local_offset(z1.shape[0]) if distributed else 0
     loss = _one_direction(z1, z2, g1, g2, off, pair, negatives)

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 
 from selfsup.losses.contrastive import info_nce
 from selfsup.losses.distributed import gather
+from selfsup.losses.precision import fp32_loss
 
 
+@fp32_loss
 def nearest_neighbour(z: torch.Tensor, support: torch.Tensor, return_index: bool = False):
     r"""NNCLR's :math:`\mathrm{NN}(z, Q) = \arg\min_{q \in Q} \|z - q\|_2` on L2-normalised vectors
     (the most cosine-similar row of ``support``), returned normalised and without gradient
@@ -25,6 +27,7 @@ def nearest_neighbour(z: torch.Tensor, support: torch.Tensor, return_index: bool
     return (support[idx], idx) if return_index else support[idx]
 
 
+@fp32_loss
 def nnclr_loss(z: torch.Tensor, p: torch.Tensor, support: torch.Tensor, temperature: float = 0.1,
                distributed: bool = True) -> torch.Tensor:
     r"""NNCLR (Dwibedi et al., 2021, Eq. 2): the nearest neighbour of :math:`z_i` in the support set
@@ -39,6 +42,7 @@ def nnclr_loss(z: torch.Tensor, p: torch.Tensor, support: torch.Tensor, temperat
     return info_nce(nearest_neighbour(z, support), p, None, temperature, distributed)
 
 
+@fp32_loss
 def msf_neighbours(target: torch.Tensor, bank: torch.Tensor, current: torch.Tensor, k: int) -> torch.Tensor:
     """Indices ``[N, k]`` of the ``k`` entries most cosine-similar to each normalised target, in the
     search set ``cat([bank, current])`` (indexed without building it: the bank can be 1M rows).
@@ -51,6 +55,7 @@ def msf_neighbours(target: torch.Tensor, bank: torch.Tensor, current: torch.Tens
     return sim.topk(k, dim=1).indices
 
 
+@fp32_loss
 def msf_regression(query: torch.Tensor, bank: torch.Tensor, current: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     r""":math:`\frac{1}{N}\sum_i \frac{1}{k}\sum_{j} \|u_i - b_{idx_{ij}}\|^2
     = 2 - \frac{2}{Nk}\sum_{ij} u_i^\top b_{idx_{ij}}` for the normalised query :math:`u` and the
@@ -64,6 +69,7 @@ def msf_regression(query: torch.Tensor, bank: torch.Tensor, current: torch.Tenso
     return (2 - 2 * torch.einsum("nd,nkd->nk", u, b)).mean()
 
 
+@fp32_loss
 def msf_loss(query: torch.Tensor, target: torch.Tensor, bank: torch.Tensor, k: int = 5, normalize_bank: bool = True,
              distributed: bool = True) -> torch.Tensor:
     r"""Mean shift, MSF (Koohpayegani et al., 2021, Eq. 2): pull the query towards the ``k`` nearest

@@ -1,0 +1,208 @@
+"""One precision policy (issue 7, "Numerics"): every loss in ``selfsup.losses`` gives its float32 result
+under bf16 autocast, from fp32 inputs and from bf16 inputs alike, and returns float32.
+
+The reference for each case is the same function on the same float32 values with autocast off; the
+bf16-input run uses values that are exactly representable in bf16, so both sides see identical
+numbers and any difference is rounding inside the loss (a bf16 logit at T = 0.1 is off by ~0.04).
+``test_every_public_loss_has_a_precision_case`` makes a new loss without a case fail.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import selfsup.losses as losses
+from selfsup.losses import (UNIFIED_PRESETS, DINOLoss, barlow_twins_loss, batch_margin_contrastive, batch_triplet,
+                            byol_loss, cholesky_whiten, correlation_update, dcl, dino_center_update, dino_loss,
+                            directpred_predictor, info_nce, margin_contrastive, moco_infonce, moco_v3_loss, msf_loss,
+                            nearest_neighbour, nearest_prototype, negative_cosine, nnclr_loss, nt_xent, off_diagonal,
+                            relic_loss, relic_terms, simsiam_loss, sinkhorn_knopp, spherical_kmeans,
+                            swapped_prediction, swav_loss, supcon, triplet, unified_contrastive, unified_preset,
+                            vicreg_loss, vicreg_terms, wmse_loss)
+from selfsup.losses.neighbors import msf_neighbours, msf_regression
+
+N, D, K = 32, 16, 24  # batch, embedding dim, prototypes / bank rows
+
+# Names that are not losses and do no arithmetic on embeddings in one process.
+NOT_LOSSES = {
+    "is_distributed": "process-group query", "world_size": "process-group query", "rank": "process-group query",
+    "local_offset": "integer offset", "gather": "identity in one process (a collective otherwise)",
+    "all_reduce_mean": "identity in one process", "all_reduce_sum": "identity in one process",
+    "fp32_loss": "the precision policy itself",
+}
+# Names exercised through another name's cases.
+COVERED_BY = {"UNIFIED_PRESETS": "unified_contrastive", "unified_preset": "unified_contrastive",
+              "PhiPsi": "unified_contrastive"}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str  # the public name this case covers
+    fn: Callable[..., Any]
+    inputs: Callable[[torch.Generator], tuple]  # fp32 tensors (or lists of them), longs and bools
+
+
+def _emb(g: torch.Generator, n: int = N, d: int = D) -> torch.Tensor:
+    return torch.randn(n, d, generator=g)
+
+
+def _pair(g: torch.Generator) -> tuple:
+    return _emb(g), _emb(g)
+
+
+def _unit(g: torch.Generator, n: int) -> torch.Tensor:
+    return F.normalize(_emb(g, n), dim=1)
+
+
+def _scores(g: torch.Generator, crops: int) -> list[torch.Tensor]:
+    protos = _unit(g, K)
+    return [_unit(g, N) @ protos.T for _ in range(crops)]
+
+
+def _dino_module(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor):
+    crit = DINOLoss(K, student_temp=0.1)
+    crit.center.copy_(center.detach().float())
+    return crit(student, teacher, teacher_temp=0.04), crit.center.clone()
+
+
+def _wmse(*views: torch.Tensor) -> torch.Tensor:
+    return wmse_loss(list(views), w_size=32, generator=torch.Generator().manual_seed(3))
+
+
+CASES: list[Case] = [
+    Case("nt_xent", lambda a, b: nt_xent(a, b, 0.1), _pair),
+    Case("info_nce", lambda q, k, n: info_nce(q, k, n, 0.1), lambda g: (*_pair(g), _emb(g, K))),
+    Case("supcon", lambda v, y: supcon(v, y, 0.1), lambda g: ([_emb(g), _emb(g), _emb(g)],
+                                                             torch.randint(0, 4, (N,), generator=g))),
+    Case("supcon", lambda v: supcon(v, None, 0.1), lambda g: ([_emb(g), _emb(g)],)),
+    Case("dcl", lambda a, b: dcl(a, b, 0.1), _pair),
+    Case("dcl", lambda a, b: dcl(a, b, 0.1, sigma=0.5), _pair),
+    Case("moco_infonce", lambda q, k, m: moco_infonce(q, k, m, 0.1), lambda g: (*_pair(g), _emb(g, K))),
+    Case("moco_v3_loss", lambda *x: moco_v3_loss(*x, temperature=0.2), lambda g: (*_pair(g), *_pair(g))),
+    Case("relic_terms", lambda *x: relic_terms(*x, temperature=0.1), lambda g: (*_pair(g), *_pair(g))),
+    Case("relic_loss", lambda a, b: relic_loss(a, b, temperature=0.1, alpha=0.5), _pair),
+    Case("margin_contrastive", margin_contrastive, lambda g: (*_pair(g), torch.rand(N, generator=g) < 0.5)),
+    Case("triplet", triplet, lambda g: (*_pair(g), _emb(g))),
+    Case("batch_margin_contrastive", batch_margin_contrastive, _pair),
+    *[Case("batch_triplet", lambda a, b, m=m: batch_triplet(a, b, mining=m), _pair) for m in ("all", "hard", "semihard")],
+    *[Case("unified_contrastive", lambda a, b, p=p: unified_contrastive(a, b, unified_preset(p, tau=0.1)), _pair)
+      for p in UNIFIED_PRESETS],
+    Case("unified_contrastive", lambda a, b: unified_contrastive(a, b, torch.log, torch.exp, negatives="other"), _pair),
+    Case("nearest_neighbour", lambda z, s: nearest_neighbour(z, s, return_index=True),
+         lambda g: (_emb(g), _emb(g, K))),
+    Case("nnclr_loss", lambda z, p, s: nnclr_loss(z, p, s, 0.1), lambda g: (*_pair(g), _emb(g, K))),
+    Case("msf_neighbours", lambda t, b, c: msf_neighbours(t, b, c, k=3), lambda g: (_emb(g), _unit(g, K), _unit(g, N))),
+    Case("msf_regression", msf_regression,
+         lambda g: (_emb(g), _unit(g, K), _unit(g, N), torch.randint(0, K + N, (N, 3), generator=g))),
+    Case("msf_loss", lambda q, t, b: msf_loss(q, t, b, k=3), lambda g: (*_pair(g), _emb(g, K))),
+    Case("byol_loss", byol_loss, _pair),
+    Case("negative_cosine", negative_cosine, _pair),
+    Case("simsiam_loss", simsiam_loss, lambda g: (*_pair(g), *_pair(g))),
+    Case("dino_loss", lambda s, t, c: dino_loss(s, t, c, 0.1, 0.04),
+         lambda g: ([_emb(g, N, K) for _ in range(4)], [_emb(g, N, K) for _ in range(2)], 0.1 * torch.randn(K, generator=g))),
+    Case("dino_center_update", lambda c, t: dino_center_update(c, t, 0.9),
+         lambda g: (torch.randn(K, generator=g), [_emb(g, N, K), _emb(g, N, K)])),
+    Case("DINOLoss", _dino_module,
+         lambda g: ([_emb(g, N, K) for _ in range(3)], [_emb(g, N, K) for _ in range(2)], 0.1 * torch.randn(K, generator=g))),
+    Case("correlation_update", lambda c, z: correlation_update(c, z, 0.3),
+         lambda g: (torch.eye(D) + 0.1 * torch.randn(D, D, generator=g), _emb(g))),
+    Case("directpred_predictor", lambda c: directpred_predictor(c, 0.1),
+         lambda g: ((lambda a: a @ a.T / N)(_emb(g, D, N)),)),
+    Case("off_diagonal", off_diagonal, lambda g: (_emb(g, D, D),)),
+    Case("vicreg_terms", vicreg_terms, _pair),
+    Case("vicreg_loss", vicreg_loss, _pair),
+    Case("barlow_twins_loss", barlow_twins_loss, _pair),
+    Case("cholesky_whiten", cholesky_whiten, lambda g: (_emb(g, 64, 8),)),
+    Case("wmse_loss", _wmse, lambda g: (_emb(g, 64, 8), _emb(g, 64, 8))),
+    Case("sinkhorn_knopp", lambda s: sinkhorn_knopp(s, 0.05, 3), lambda g: (_scores(g, 1)[0],)),
+    Case("swapped_prediction", lambda s, c: swapped_prediction(s, c, 0.1),
+         lambda g: (_scores(g, 3), [F.softmax(x / 0.05, 1) for x in _scores(g, 2)])),
+    Case("swav_loss", lambda s: swav_loss(s, n_assign=2, temperature=0.1), lambda g: (_scores(g, 3),)),
+    Case("swav_loss", lambda s, q: swav_loss(s, 2, 0.1, queue_scores=[q, None]),
+         lambda g: (_scores(g, 2), _scores(g, 1)[0])),
+    Case("nearest_prototype", nearest_prototype, lambda g: (_unit(g, N), _unit(g, K))),
+    Case("spherical_kmeans", lambda x, c: spherical_kmeans(x, c, n_iters=3), lambda g: (_unit(g, N), _unit(g, 5))),
+]
+
+
+def public_names() -> set[str]:
+    """``selfsup.losses.__all__`` plus every public function or class defined in a ``selfsup.losses`` module."""
+    names = set(losses.__all__)
+    for info in pkgutil.iter_modules(losses.__path__):
+        module = importlib.import_module(f"selfsup.losses.{info.name}")
+        names |= {name for name, obj in vars(module).items()
+                  if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+                  and obj.__module__ == module.__name__}
+    return names
+
+
+def test_every_public_loss_has_a_precision_case():
+    covered = {c.name for c in CASES}
+    missing = sorted(public_names() - covered - set(NOT_LOSSES) - set(COVERED_BY))
+    assert not missing, f"add a case to tests/test_loss_precision.py for: {', '.join(missing)}"
+    assert set(COVERED_BY.values()) <= covered
+
+
+def _map(x: Any, f: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply ``f`` to every floating tensor of a (nested) list/tuple of arguments."""
+    if isinstance(x, torch.Tensor):
+        return f(x) if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_map(v, f) for v in x)
+    return x
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for v in out for t in _tensors(v)] if isinstance(out, (list, tuple)) else []
+
+
+def _leaves(args: tuple) -> list[torch.Tensor]:
+    return [t for t in _tensors(args) if t.requires_grad]
+
+
+def _check_matches(got: Any, want: Any) -> None:
+    got_t, want_t = _tensors(got), _tensors(want)
+    assert len(got_t) == len(want_t) > 0
+    for a, b in zip(got_t, want_t):
+        if b.is_floating_point():
+            assert a.dtype == torch.float32, f"output is {a.dtype} under autocast, expected float32"
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(a, b)  # indices / assignments must not change either
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.name}-{i}" for i, c in enumerate(CASES)])
+def test_loss_under_bf16_autocast_equals_fp32(case: Case):
+    inputs = case.inputs(torch.Generator().manual_seed(0))
+
+    # (a) fp32 inputs under autocast: the loss's own matmuls must not drop to bf16; gradients too.
+    ref_args = _map(inputs, lambda t: t.clone().requires_grad_())
+    want = case.fn(*ref_args)
+    amp_args = _map(inputs, lambda t: t.clone().requires_grad_())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = case.fn(*amp_args)
+    _check_matches(got, want)
+    differentiable = [t for t in _tensors(want) if t.requires_grad]
+    if differentiable:
+        sum(t.float().sum() for t in differentiable).backward()
+        sum(t.float().sum() for t in _tensors(got) if t.requires_grad).backward()
+        for a, b in zip(_leaves(amp_args), _leaves(ref_args)):
+            if b.grad is not None:
+                torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+    # (b) bf16 inputs (what a projector returns under autocast), bf16-exact values on both sides.
+    want = case.fn(*_map(inputs, lambda t: t.bfloat16().float()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = case.fn(*_map(inputs, lambda t: t.bfloat16()))
+    _check_matches(got, want)
