@@ -48,6 +48,18 @@ class CollapseMonitor:
         self.history: list[dict[str, float]] = []
         self._warned: set[str] = set()
 
+    def state_dict(self) -> dict:
+        """Settings and history as plain values (for the trainer's checkpoints)."""
+        return {"dim": self.dim, "rankme_fraction": self.rankme_fraction, "std_threshold": self.std_threshold,
+                "history": [dict(r) for r in self.history], "warned": sorted(self._warned)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "CollapseMonitor":
+        """The monitor that :meth:`state_dict` described, history included."""
+        m = cls(state["dim"], state["rankme_fraction"], state["std_threshold"])
+        m.history, m._warned = [dict(r) for r in state["history"]], set(state["warned"])
+        return m
+
     def update(self, z: Tensor, step: int | None = None) -> list[str]:
         """Measure one batch of embeddings ``[N, dim]`` (N >= 2); return the collapse warnings."""
         z = check_features(z, "z")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 
 class TrainingError(RuntimeError):
@@ -52,12 +54,6 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """Per-(epoch, rank) seed: every epoch's randomness is a function of these alone, so
-    resuming at an epoch boundary replays exactly what an uninterrupted run would do."""
-    return (seed * 1_000_003 + epoch * 1_009 + rank * 7_919) % 2**63
-
-
 def autocast(precision: str, device: torch.device):
     """Mixed-precision context: bf16 autocast (CPU or CUDA), fp16 (CUDA only), or none."""
     if precision == "fp32":
@@ -66,3 +62,47 @@ def autocast(precision: str, device: torch.device):
         raise TrainingError("train.precision=fp16 needs CUDA; use train.precision=bf16 on CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def agree_finite(loss: torch.Tensor, env: "Env | None", where: str) -> None:
+    """Raise the same :class:`TrainingError` on every rank when the loss is not finite on any rank,
+    naming the ranks, so that none waits forever in the next collective."""
+    finite = math.isfinite(loss.item())
+    bad: list[int] = [] if finite else [0]
+    if env is not None and env.world_size > 1:
+        flags = torch.zeros(env.world_size, device=env.device)
+        flags[env.rank] = 0.0 if finite else 1.0
+        dist.all_reduce(flags)
+        bad = [r for r, f in enumerate(flags.tolist()) if f]
+    if bad:
+        on = f" on rank {', '.join(map(str, bad))}" if env is not None and env.world_size > 1 else ""
+        raise TrainingError(f"loss is not finite{on} at {where}; lower optim.lr, set optim.clip_grad=3.0 or use "
+                            f"train.precision=fp32")
+
+
+def broadcast_flag(flag: bool, env: Env) -> bool:
+    """Rank 0's ``flag`` on every rank (decisions taken from one clock)."""
+    if env.world_size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=env.device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def average_norm_buffers(modules: list[nn.Module], env: Env) -> None:
+    """Average BatchNorm running statistics over ranks, in one all-reduce.
+
+    DDP runs with ``broadcast_buffers=False`` (no per-step copy of every buffer from rank 0), so
+    without this each rank's running mean/var would drift apart on its own shard. SyncBatchNorm's
+    statistics are already global and are left alone.
+    """
+    bufs = [b for m in modules for mod in m.modules()
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not isinstance(mod, nn.SyncBatchNorm)
+            for b in (mod.running_mean, mod.running_var) if b is not None]
+    if env.world_size == 1 or not bufs:
+        return
+    flat = torch.cat([b.reshape(-1).float() for b in bufs])
+    dist.all_reduce(flat)
+    flat /= env.world_size
+    for b, v in zip(bufs, flat.split([b.numel() for b in bufs])):
+        b.copy_(v.view_as(b))
