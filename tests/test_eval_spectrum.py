@@ -1,22 +1,12 @@
-"""Spectral diagnostics (RankMe, alpha-ReQ, LiDAR, ranks, AUC) and the collapse monitor."""
+"""Spectral diagnostics (RankMe, alpha-ReQ, LiDAR, ranks, AUC); the collapse monitor is in test_collapse_monitor.py."""
 
 import math
-import warnings
 
 import pytest
 import torch
 
-from selfsup.eval import (
-    CollapseMonitor,
-    alpha_req,
-    lidar,
-    normalized_std,
-    powerlaw_fit,
-    rankme,
-    singular_values,
-    spectrum_auc,
-    thresholded_rank,
-)
+from selfsup.diagnostics import rankme, singular_values
+from selfsup.eval import alpha_req, lidar, powerlaw_fit, spectrum_auc, thresholded_rank
 
 
 def _gen(seed=0):
@@ -125,30 +115,3 @@ def test_lidar_input_errors():
         lidar(torch.randn(10, 1, 4))
     with pytest.raises(ValueError, match="delta"):
         lidar(torch.randn(10, 2, 4), delta=0.0)
-
-
-def test_collapse_monitor_warns_on_collapse_only():
-    dim = 64
-    healthy = torch.randn(512, dim, generator=_gen(9))
-    mon = CollapseMonitor(dim)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert mon.update(healthy, step=1) == []
-    assert normalized_std(healthy) == pytest.approx(1 / math.sqrt(dim), rel=0.05)
-
-    point = torch.randn(1, dim, generator=_gen(10)) + 1e-4 * torch.randn(512, dim, generator=_gen(11))
-    with pytest.warns(RuntimeWarning) as caught:
-        msgs = mon.update(point, step=2)
-    assert len(msgs) == 2 and any("RankMe" in m for m in msgs) and any("std" in m for m in msgs)
-    assert len(caught) == 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # warnings.warn only once per kind ...
-        assert len(mon.update(point, step=3)) == 2  # ... but every step still reports
-    assert [row["step"] for row in mon.history] == [1.0, 2.0, 3.0]
-
-    dimensional = torch.randn(512, 3, generator=_gen(12)) @ torch.randn(3, dim, generator=_gen(13))
-    with pytest.warns(RuntimeWarning, match="dimensional collapse"):
-        msgs = CollapseMonitor(dim).update(dimensional)
-    assert any("RankMe" in m for m in msgs)
-    with pytest.raises(ValueError, match="dim"):
-        mon.update(torch.randn(8, 5))

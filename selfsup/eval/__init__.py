@@ -1,6 +1,10 @@
 """Evaluation protocols and label-free diagnostics on frozen features (cookbook, "Evaluating Your
 SSL Models"): kNN, linear / MLP / low-shot probes, retrieval, RankMe, alpha-ReQ, LiDAR, collapse
-monitoring, plots and run reports. Evaluators take feature tensors ``[N, D]`` and int64 labels."""
+monitoring, plots and run reports. Evaluators take feature tensors ``[N, D]`` and int64 labels.
+RankMe, the spectrum and the collapse monitor come from :mod:`selfsup.diagnostics`, which the trainer uses too."""
+
+from selfsup.diagnostics.collapse import CollapseMonitor, normalized_std
+from selfsup.diagnostics.spectra import rankme, singular_values
 
 from .evaluate import evaluate
 from .features import extract_features
@@ -12,7 +16,6 @@ from .knn import knn_classify, knn_protocol
 from .lowshot import lowshot_linear
 from .metrics import Metric, format_value, metrics_from_dict, metrics_from_knn, metrics_from_probe, results_table
 from .mlp_probe import mlp_probe
-from .monitor import CollapseMonitor, normalized_std
 from .plots import plot_curves, plot_embedding_2d, plot_spectrum
 from .probe import linear_probe
 from .probe_common import ProbeResult
@@ -24,8 +27,6 @@ from .spectrum import (
     covariance_eigenvalues,
     lidar,
     powerlaw_fit,
-    rankme,
-    singular_values,
     spectrum_auc,
     thresholded_rank,
 )

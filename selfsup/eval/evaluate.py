@@ -9,14 +9,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_features
+from selfsup.diagnostics.spectra import rankme
+from selfsup.diagnostics.validation import check_features
+
 from .knn import knn_classify
 from .lowshot import lowshot_linear
 from .metrics import Metric, metrics_from_dict, metrics_from_knn, metrics_from_probe
 from .mlp_probe import mlp_probe
 from .probe import linear_probe
 from .retrieval import retrieval_metrics
-from .spectrum import alpha_req, rankme, spectrum_auc, thresholded_rank
+from .spectrum import alpha_req, spectrum_auc, thresholded_rank
 
 # The one list of evaluation protocols (``eval.protocols`` in a recipe). :func:`evaluate` runs the
 # FEATURE_* ones on feature tensors; ``selfsup.run_evaluation`` adds the image-level ones.

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.diagnostics.validation import check_features
+
 from ._checks import (
-    check_features,
     check_labels,
     check_positive_floats,
     check_positive_ints,

@@ -8,7 +8,9 @@ from typing import Any
 
 from torch import Tensor
 
-from ._checks import check_features, check_labels
+from selfsup.diagnostics.validation import check_features
+
+from ._checks import check_labels
 from .probe import linear_probe
 from .probe_common import ProbeResult
 from .splits import lowshot_indices, stratified_split

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_features, check_labels
-from .spectrum import singular_values
+from selfsup.diagnostics.spectra import singular_values
+from selfsup.diagnostics.validation import check_features
+
+from ._checks import check_labels
 
 
 def _figure(width: float, height: float) -> Any:

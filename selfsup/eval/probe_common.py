@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_features, check_labels, check_same_dim, infer_num_classes, resolve_device
+from selfsup.diagnostics.validation import check_features
+
+from ._checks import check_labels, check_same_dim, infer_num_classes, resolve_device
 from .splits import stratified_split
 
 

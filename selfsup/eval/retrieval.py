@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_features, check_labels, check_positive_ints, check_same_dim, resolve_device
+from selfsup.diagnostics.validation import check_features
+
+from ._checks import check_labels, check_positive_ints, check_same_dim, resolve_device
 from .knn import prepare_metric, similarity
 
 

@@ -1,5 +1,6 @@
-"""Label-free spectral diagnostics of embeddings (cookbook, "Evaluation without labels" and
-"Dimensional Collapse of Representations").
+"""Label-free spectral evaluation of embeddings (cookbook, "Evaluation without labels" and
+"Dimensional Collapse of Representations"): thresholded rank, alpha-ReQ, spectrum AUC and LiDAR.
+The spectrum itself and RankMe, which the trainer needs too, live in :mod:`selfsup.diagnostics.spectra`.
 
 All decompositions run in float64: singular values of fp32 embeddings span many orders of
 magnitude, and the entropy / log-log fits below are sensitive to their small end.
@@ -13,40 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import check_features
-
-
-def singular_values(z: Tensor, center: bool = True) -> Tensor:
-    """Singular values ``sigma_1 >= ... >= sigma_min(N, D)`` of ``z`` [N, D] in float64.
-
-    ``center=True`` subtracts the per-dimension mean first, so ``sigma_k^2 / (N - 1)`` are the
-    eigenvalues of the embedding covariance (the spectrum plotted by Jing et al., 2022).
-    """
-    z = check_features(z, "z").detach().to(torch.float64)
-    if center:
-        z = z - z.mean(dim=0, keepdim=True)
-    return torch.linalg.svdvals(z)
-
-
-def _entropy_rank(values: Tensor, eps: float) -> float:
-    """``exp(-sum_k p_k log p_k)`` with ``p_k = v_k / ||v||_1 + eps`` (Roy & Vetterli, 2007)."""
-    total = values.sum()
-    if float(total) <= 0.0:
-        return 1.0  # an all-zero matrix carries no direction: the smallest effective rank
-    p = values / total + eps
-    return float(torch.exp(-(p * torch.log(p)).sum()))
-
-
-def rankme(z: Tensor, eps: float = 1e-7, center: bool = False) -> float:
-    """RankMe (Garrido et al., 2023): smooth effective rank of the embedding matrix.
-
-    ``RankMe(Z) = exp(-sum_k p_k log p_k)``, ``p_k = sigma_k(Z) / ||sigma(Z)||_1 + eps``,
-    k = 1..min(N, D). Equals min(N, D) for a perfectly isotropic Z and 1 for rank-one Z.
-    The paper uses the raw (uncentred) embeddings, hence ``center=False`` by default.
-    """
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    return _entropy_rank(singular_values(z, center=center), eps)
+from selfsup.diagnostics.spectra import entropy_effective_rank, singular_values
+from selfsup.diagnostics.validation import check_features
 
 
 def thresholded_rank(z: Tensor, tol: float | None = None, center: bool = False) -> int:
@@ -185,5 +154,5 @@ def lidar(embeddings_per_view: Tensor | Sequence[Tensor], delta: float = 1e-4, e
     inv_sqrt = (w_vec * w_eig.clamp_min(delta).rsqrt()) @ w_vec.T
     sigma_lidar = inv_sqrt @ sigma_b @ inv_sqrt
     lam = torch.linalg.eigvalsh((sigma_lidar + sigma_lidar.T) / 2).clamp_min(0.0)
-    return _entropy_rank(lam, eps)
+    return entropy_effective_rank(lam, eps)
 

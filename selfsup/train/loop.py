@@ -25,8 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from selfsup.config import ConfigError, Recipe, to_dict
 from selfsup.data import DataSplits, EpochSampler, Prefetcher, check_batch_size, load_data
-from selfsup.eval.monitor import CollapseMonitor
-from selfsup.eval.spectrum import rankme
+from selfsup.diagnostics import CollapseMonitor, rankme
 from selfsup.methods import METHODS, Method
 from selfsup.nets import build_backbone, feature_dim, online_probe
 from selfsup.seeds import mix_seed
