@@ -117,10 +117,10 @@ def ref_lars_step(w, g, mu, lr, wd, eta, m):
     return w - lr * mu, mu
 
 
-def test_lars_matches_equation_and_excludes_bias():
+def test_lars_matches_equation():
     torch.manual_seed(0)
     lin = nn.Linear(4, 3)
-    w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
+    w0 = lin.weight.detach().clone()
     opt = build_optimizer([{"params": [lin.weight]}, {"params": [lin.bias], "no_decay": True}], "lars",
                           lr=0.5, weight_decay=0.1, momentum=0.9, eta=0.02)
     assert isinstance(opt, LARS)
@@ -133,7 +133,66 @@ def test_lars_matches_equation_and_excludes_bias():
         opt.step()
         w, mu = ref_lars_step(w, g, mu, 0.5, 0.1, 0.02, 0.9)
         torch.testing.assert_close(lin.weight.detach(), w)
-    assert not torch.equal(lin.bias.detach(), b0)
+
+
+def _norm_and_bias_names(module: nn.Module) -> set[str]:
+    """Names of every bias and every normalisation-layer parameter of ``module``."""
+    norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+    out = {n for n, _ in module.named_parameters() if n.split(".")[-1] == "bias"}
+    for mod_name, mod in module.named_modules():
+        if isinstance(mod, norms):
+            out |= {f"{mod_name}.{n}" for n, _ in mod.named_parameters(recurse=False)}
+    return out
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw", "lars"])
+def test_biases_and_norms_get_no_weight_decay_and_no_lars_trust_ratio(opt_name):
+    from selfsup.train.loop import build_method
+
+    torch.manual_seed(0)
+    method = build_method(load_recipe("simclr_digits", ["model.width=4"]), 1, 16)  # the default Method.param_groups
+    name_of = {id(p): n for n, p in method.named_parameters()}
+    groups = method.param_groups()
+    no_decay = {name_of[id(p)] for g in groups if g.get("no_decay") for p in g["params"]}
+    decay = {name_of[id(p)] for g in groups if not g.get("no_decay") for p in g["params"]}
+    assert no_decay == _norm_and_bias_names(method) and decay == set(name_of.values()) - no_decay
+    assert decay and all(dict(method.named_parameters())[n].ndim > 1 for n in decay)  # conv/linear weights
+    with torch.no_grad():  # non-zero values everywhere (BN biases start at 0, where LARS' ratio is 1 anyway)
+        for p in method.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    params = dict(method.named_parameters())
+    lr, wd, eta = 0.5, 0.1, 0.02
+    opt = build_optimizer(groups, opt_name, lr=lr, weight_decay=wd, momentum=0.9, eta=eta)
+    set_lr_wd(opt, lr, wd, peak_lr=lr)  # as the trainer does every step
+
+    # 1) a step with zero gradient: decay alone moves the parameters
+    before = {n: p.detach().clone() for n, p in params.items()}
+    for p in params.values():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    # SGD: w - lr * wd * w; AdamW (decoupled): w * (1 - lr * wd); LARS: the decayed gradient wd * w is
+    # rescaled by eta * |w| / |wd * w| = eta / wd, so w * (1 - lr * eta)
+    shrink = 1 - lr * (eta if opt_name == "lars" else wd)
+    for n in decay:
+        torch.testing.assert_close(params[n].detach(), before[n] * shrink, msg=f"{n} not decayed")
+    for n in no_decay:
+        assert torch.equal(params[n].detach(), before[n]), f"{n} was decayed"
+
+    # 2) LARS with a real gradient: no_decay params take a plain momentum-SGD step (no trust ratio),
+    #    decayed ones are rescaled by eta * |w| / |g + wd * w|
+    if opt_name == "lars":
+        opt = build_optimizer(groups, "lars", lr=lr, weight_decay=wd, momentum=0.9, eta=eta)
+        before = {n: p.detach().clone() for n, p in params.items()}
+        grads = {n: torch.randn_like(p) for n, p in params.items()}
+        for n, p in params.items():
+            p.grad = grads[n].clone()
+        opt.step()
+        for n in no_decay:
+            torch.testing.assert_close(params[n].detach(), before[n] - lr * grads[n], msg=f"{n}: trust ratio applied")
+        for n in decay:
+            g = grads[n] + wd * before[n]
+            trust = eta * before[n].norm() / g.norm()
+            torch.testing.assert_close(params[n].detach(), before[n] - lr * trust * g, msg=f"{n}: no trust ratio")
 
 
 def test_set_lr_wd_honours_group_flags():
