@@ -122,15 +122,15 @@ class Recipe(Section):
         if self.optim.warmup_epochs > self.train.epochs:
             raise ValueError(f"optim.warmup_epochs={self.optim.warmup_epochs} exceeds train.epochs={self.train.epochs}; "
                              f"lower optim.warmup_epochs")
+        if self.eval.encoder == "teacher" and METHODS[self.method.name].teacher_attr is None:
+            raise ValueError(f"eval.encoder=teacher: {self.method.name} has no EMA teacher; use eval.encoder=student "
+                             f"(or null, the paper's choice)")
         return self
 
 
 def _format_error(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
-        if self.eval.encoder == "teacher" and METHODS[self.method.name].teacher_attr is None:
-            raise ValueError(f"eval.encoder=teacher: {self.method.name} has no EMA teacher; use eval.encoder=student "
-                             f"(or null, the paper's choice)")
         loc = ".".join(str(x) for x in err["loc"] if not (isinstance(x, str) and x in _METHOD_TAGS))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":

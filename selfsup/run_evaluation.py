@@ -21,7 +21,7 @@ from selfsup.data import DataSplits, ImageArray, load_data
 from selfsup.eval.evaluate import EVAL_PROTOCOLS, FEATURE_PROTOCOLS, LABEL_PROTOCOLS
 from selfsup.eval import (Metric, evaluate, extract_features, finetune, guillotine_probe, lidar,
                           linear_probe_on_images, metrics_from_probe, results_table, stratified_split)
-from selfsup.rundir import load_method, load_recipe_of, read_metrics
+from selfsup.rundir import chosen_encoder, encoder_parts, load_method, load_recipe_of, read_metrics
 from selfsup.nets import online_probe
 from selfsup.views import build_views
 
@@ -119,22 +119,30 @@ def _rows(split: ImageArray, idx: torch.Tensor) -> ImageArray:
 
 def evaluate_run(run_dir: str | Path, report: bool = False, data: DataSplits | None = None,
                  device: str | torch.device | None = None, protocols: list[str] | None = None,
-                 log=print) -> list[Metric]:
-    """Evaluate a run directory; write ``eval.json`` (and ``report.html``/``report.md``)."""
+                 encoder: str | None = None, log=print) -> list[Metric]:
+    """Evaluate a run directory; write ``eval.json`` (and ``report.html``/``report.md``).
+
+    ``encoder`` ("student" or "teacher") overrides the run's ``eval.encoder`` (null: the paper's
+    choice, DINO's teacher); eval.json records the one used. The online probe was trained on the
+    student's features, so it is reported for the student only."""
     run = Path(run_dir)
     recipe = load_recipe_of(run)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and recipe.train.device != "cpu" else "cpu"))
     method, meta = load_method(run, device)
+    which = chosen_encoder(method, recipe, encoder)
+    backbone, projector = encoder_parts(method, which)
+    if which == "teacher":
+        meta = dict(meta, probe=None)
     data = data or load_data(recipe.data.path, format=recipe.data.format, image_size=recipe.data.image_size,
                              on_corrupt=recipe.data.on_corrupt)
-    projector = getattr(method, "projector", None)
-    metrics, feats, labels, note = evaluate_backbone(method.backbone, data, recipe, meta, device, protocols,
-                                                     projector if isinstance(projector, nn.Module) else None, log)
-    log(f"evaluation of {run} (epoch {meta['epoch']}, {meta['data']}){note}\n{results_table(metrics)}")
+    metrics, feats, labels, note = evaluate_backbone(backbone, data, recipe, meta, device, protocols, projector, log)
+    log(f"evaluation of {run} (epoch {meta['epoch']}, {which} encoder, {meta['data']}){note}\n"
+        f"{results_table(metrics)}")
     (run / "eval.json").write_text(json.dumps(
-        {"epoch": meta["epoch"], "note": note.strip(), "metrics": [m.__dict__ for m in metrics]}, indent=2))
+        {"epoch": meta["epoch"], "encoder": which, "note": note.strip(), "metrics": [m.__dict__ for m in metrics]},
+        indent=2))
     if report:
-        html, md = write_run_report(run, method, metrics, feats, labels, device)
+        html, md = write_run_report(run, method, metrics, feats, labels, device, projector=projector)
         log(f"report: {html} and {md}")
     return metrics
 
@@ -167,16 +175,17 @@ def evaluate_weights(weights: str | Path, recipe: Recipe, protocols: list[str] |
 
 
 def write_run_report(run: Path, method: nn.Module, metrics: list[Metric], feats: torch.Tensor,
-                     labels: torch.Tensor | None, device: torch.device):
+                     labels: torch.Tensor | None, device: torch.device, projector: nn.Module | None = None):
     """Spectrum plots (backbone and projector embeddings), a t-SNE plot coloured by label, the
-    training curves and the metric table, as ``report.html`` (self-contained) and ``report.md``."""
+    training curves and the metric table, as ``report.html`` (self-contained) and ``report.md``.
+    ``projector``: the head of the evaluated encoder (default: ``method.projector``)."""
     import yaml
 
     from selfsup.eval import plot_embedding_2d, plot_spectrum, write_report
 
     figures_dir = run / "figures"
     named = {"backbone": feats}
-    projector = getattr(method, "projector", None)
+    projector = projector if projector is not None else getattr(method, "projector", None)
     if isinstance(projector, nn.Module):
         with torch.no_grad():
             named["projector"] = projector.eval()(feats.to(device)).float().cpu()

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from selfsup.config import Recipe, validate
+from selfsup.config import ConfigError, Recipe, validate
 from selfsup.train import checkpoint as ckpt
 
 
@@ -49,17 +49,37 @@ def load_method(run_dir: str | Path, device: str | torch.device = "cpu") -> tupl
     return method.to(device).eval(), dict(meta, epoch=state["epoch"], probe=state.get("probe"))
 
 
-def load_backbone(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The pretrained backbone of a run (eval mode) and the run's metadata (see :func:`load_method`)."""
+def chosen_encoder(method: nn.Module, recipe: Recipe, encoder: str | None = None) -> str:
+    """Which encoder to evaluate and export: ``encoder`` if given, else the recipe's ``eval.encoder``,
+    else the paper's choice for the method (``Method.eval_encoder``: the teacher for DINO, the
+    online/query network otherwise)."""
+    return encoder or recipe.eval.encoder or getattr(method, "eval_encoder", "student")
+
+
+def encoder_parts(method: nn.Module, which: str) -> tuple[nn.Module, nn.Module | None]:
+    """``(backbone, projector or None)`` of the ``which`` ("student" or "teacher") encoder of a trained
+    method; a :class:`ConfigError` naming ``eval.encoder`` when the method has no such encoder."""
+    try:
+        return method.encoder_parts(which)
+    except ValueError as e:
+        raise ConfigError(f"eval.encoder={which}: {e}") from None
+
+
+def load_backbone(run_dir: str | Path, device: str | torch.device = "cpu",
+                  encoder: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The pretrained backbone of a run (eval mode) and the run's metadata (see :func:`load_method`),
+    with ``meta["encoder"]``: the encoder chosen by :func:`chosen_encoder` ("student" or "teacher")."""
     method, meta = load_method(run_dir, device)
-    return method.backbone, meta
+    which = chosen_encoder(method, load_recipe_of(run_dir), encoder)
+    return encoder_parts(method, which)[0], dict(meta, encoder=which)
 
 
-def export_backbone(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def export_backbone(run_dir: str | Path, out: str | Path | None = None, encoder: str | None = None) -> Path:
     """Write the backbone's weights alone (a plain state dict; for ResNets the keys are
     torchvision's, so it loads into ``torchvision.models.resnetXX()`` built with the same stem,
-    e.g. :func:`selfsup.nets.torchvision_resnet`, with only ``fc`` missing)."""
-    backbone, _ = load_backbone(run_dir)
+    e.g. :func:`selfsup.nets.torchvision_resnet`, with only ``fc`` missing). The backbone is the one
+    evaluation uses (:func:`chosen_encoder`; DINO's teacher by default)."""
+    backbone, _ = load_backbone(run_dir, encoder=encoder)
     out = Path(out) if out else Path(run_dir) / "backbone.pt"
     ckpt.save_atomic({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, out)
     return out

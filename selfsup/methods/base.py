@@ -9,7 +9,7 @@ fraction of training done, in [0, 1]; schedules are functions of it.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -58,6 +58,10 @@ class Method(nn.Module):
     needs_labels: ClassVar[bool] = False
     #: whether ``forward`` needs each sample's dataset row index, passed as ``indices=`` (DeepCluster-v2)
     needs_indices: ClassVar[bool] = False
+    #: the encoder the paper evaluates (``eval.encoder: null``): the online/query network or the EMA teacher
+    eval_encoder: ClassVar[Literal["student", "teacher"]] = "student"
+    #: the attribute holding the EMA teacher (an ``EMA`` of ``Sequential(backbone, head)``); None: no teacher
+    teacher_attr: ClassVar[str | None] = None
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MethodConfig, epochs: int = 100) -> None:
         super().__init__()
@@ -84,6 +88,32 @@ class Method(nn.Module):
     def after_step(self, progress: float) -> dict[str, float]:
         """Updates after the optimizer step (EMA teachers, queues). Returns values to log."""
         return {}
+
+    def encoder_parts(self, which: str | None = None) -> tuple[nn.Module, nn.Module | None]:
+        """The backbone to evaluate or export and its head: ``"student"`` (``backbone`` and ``projector``,
+        the online/query network), ``"teacher"`` (the EMA teacher's copies of both) or None (the paper's
+        choice, :attr:`eval_encoder`). The head is None for methods without a ``projector``.
+        Raises ``ValueError`` (one line) when ``"teacher"`` is asked of a method without one."""
+        from selfsup.nets.ema import EMA
+
+        which = which or self.eval_encoder
+        projector = getattr(self, "projector", None)
+        projector = projector if isinstance(projector, nn.Module) else None
+        if which == "student":
+            return self.backbone, projector
+        if which != "teacher":
+            raise ValueError(f"encoder must be 'student' or 'teacher', got {which!r}")
+        teacher = getattr(self, self.teacher_attr, None) if self.teacher_attr else None
+        if teacher is None:
+            raise ValueError(f"{self.cfg.name} has no EMA teacher; evaluate the student (eval.encoder=student)")
+        seq = teacher.module if isinstance(teacher, EMA) else None
+        if not isinstance(seq, nn.Sequential) or len(seq) != 2 or type(seq[0]) is not type(self.backbone):
+            raise ValueError(f"{self.cfg.name}.{self.teacher_attr} is not an EMA of Sequential(backbone, head)")
+        return seq[0], seq[1] if projector is not None else None
+
+    def encoder(self, which: str | None = None) -> nn.Module:
+        """The backbone of :meth:`encoder_parts` (``"student"``, ``"teacher"`` or None: the paper's)."""
+        return self.encoder_parts(which)[0]
 
     def param_groups(self) -> list[dict]:
         """Parameter groups for the optimizer. Keys beyond torch's: ``lr_scale`` (multiplies the

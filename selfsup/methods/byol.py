@@ -27,6 +27,7 @@ class BYOLConfig(MethodConfig):
 class BYOL(Method):
     Config = BYOLConfig
     default_views = "byol"
+    teacher_attr = "teacher"  # evaluated: the online encoder f_theta (Sec. 3.1, "we only keep the encoder")
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: BYOLConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)

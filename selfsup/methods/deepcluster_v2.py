@@ -8,7 +8,8 @@ on every parameter, weight decay 1e-6, lr 4.8 (0.3 x batch/256) with 10 warmup e
 0.0048; projector 2048-128 with L2-normalised output; three k-means of 3000 clusters each, 10
 iterations, on the projections of the two global crops (clustering h uses crop h mod 2); prototypes
 set to the centroids and never trained (``freeze_prototypes_niters`` exceeds the run); multi-crop
-2 x 224 (scale 0.14-1) + 6 x 96 (0.05-0.14). The bank holds the whole training set.
+2 x 224 (scale 0.14-1) + 6 x 96 (0.05-0.14) with SwAV's colour distortion, blur p 0.5 and no solarization
+(``views.kind: swav_multicrop``). The bank holds the whole training set.
 
 The official code fills the bank with a pass over the data before training; here the first epoch
 fills it (its loss is zero, no pseudo-labels exist yet) and clustering starts at the second epoch.
@@ -46,7 +47,7 @@ class DeepClusterV2Config(MethodConfig):
 
 class DeepClusterV2(Method):
     Config = DeepClusterV2Config
-    default_views = "multicrop"
+    default_views = "swav_multicrop"
     needs_indices = True
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: DeepClusterV2Config, epochs: int = 100) -> None:

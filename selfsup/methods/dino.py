@@ -52,6 +52,8 @@ def teacher_temperature(epoch: float, warmup_temp: float, temp: float, warmup_ep
 class DINO(Method):
     Config = DINOConfig
     default_views = "multicrop"
+    teacher_attr = "teacher"
+    eval_encoder = "teacher"  # Sec. 5.2 (Fig. 6: the teacher outperforms the student); eval_linear.py --checkpoint_key teacher
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: DINOConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)

@@ -36,6 +36,7 @@ class DirectPredConfig(MethodConfig):
 class DirectPred(Method):
     Config = DirectPredConfig
     default_views = "byol"
+    teacher_attr = "teacher"  # evaluated: the online encoder, as BYOL
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: DirectPredConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)

@@ -21,8 +21,14 @@ images to nearly one direction (mean cosine 0.8 on digits vs 0.26 with BN) and t
 
 Recipe defaults (paper, ImageNet): ResNet-50, projector 2048-128 (no BN), temperature 0.2,
 queue 65536, m = 0.999, SGD lr 0.03 x batch/256 (batch 256), weight decay 1e-4, momentum 0.9,
-cosine schedule, 200 epochs, SimCLR-style augmentation with blur. The loss is asymmetric
-(query from view 1, key from view 2); ``symmetric: true`` also uses the swapped pair.
+cosine schedule, 200 epochs (Table 1), the ``aug+`` views (``views.kind: mocov2``: crop scale 0.2-1,
+jitter 0.4/0.4/0.4/0.1 p 0.8, grayscale 0.2, blur p 0.5). The loss is asymmetric (query from view 1,
+key from view 2); ``symmetric: true`` also uses the swapped pair. Linear evaluation uses the query
+encoder, as the official ``main_lincls.py``.
+
+Weight decay. The official code hands every parameter to SGD with weight decay 1e-4, biases and
+BatchNorm included; ``decay_all: true`` (the default) does the same. ``decay_all: false`` uses
+selfsup's usual split (no decay, and no LARS adaptation, for parameters with ndim <= 1).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class MoCoV2Config(MethodConfig):
     projector_norm: Literal["none", "bn"] = Field("none", description="hidden-layer norm of the MLP (paper: none)")
     symmetric: bool = False
     bn_splits: int = Field(8, ge=1, description="shuffle-BN groups per process (8 GPUs in the paper); 1: off")
+    decay_all: bool = Field(True, description="weight decay on every parameter, biases and BN included (official "
+                            "code); false: none on parameters with ndim <= 1")
 
 
 def split_forward(encoder: nn.Module, x: torch.Tensor, splits: int, shuffle: bool) -> torch.Tensor:
@@ -73,7 +81,8 @@ def random_unit_queue(bank: MemoryBank) -> None:
 
 class MoCoV2(Method):
     Config = MoCoV2Config
-    default_views = "simclr"
+    default_views = "mocov2"
+    teacher_attr = "key_encoder"  # evaluated: the query encoder (official main_lincls.py loads encoder_q)
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MoCoV2Config, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
@@ -95,6 +104,13 @@ class MoCoV2(Method):
         loss = sum(moco_infonce(qi, ki, queue, self.cfg.temperature) for qi, ki in zip(q, k)) / len(q)
         self._keys = torch.cat(k, 0).detach()
         return {"loss": loss, "feats": h[0].detach(), "emb": q[0].detach()}
+
+    def param_groups(self) -> list[dict]:
+        """One group with every trainable parameter (the official code's SGD decays biases and BN too);
+        with ``decay_all: false``, the base split that exempts parameters with ndim <= 1."""
+        if not self.cfg.decay_all:
+            return super().param_groups()
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:

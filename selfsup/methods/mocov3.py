@@ -37,6 +37,7 @@ class MoCoV3Config(MethodConfig):
 class MoCoV3(Method):
     Config = MoCoV3Config
     default_views = "byol"
+    teacher_attr = "momentum_encoder"  # evaluated: the base encoder (official main_lincls.py)
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MoCoV3Config, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)

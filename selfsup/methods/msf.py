@@ -9,9 +9,13 @@ fraction of the neighbours that share the query's label (the paper's diagnostic)
 
 Recipe defaults (paper, ImageNet): ResNet-50, projector and predictor 4096-512 (BN), k = 5,
 memory bank 1.024M, momentum 0.99, SGD lr 0.05 (batch 256), weight decay 1e-4, cosine, 200
-epochs. The paper's best setting uses a weak target view (crop + flip only) and a strong query
-view; selfsup's views are BYOL's asymmetric pair (view 1 -> query, view 2 -> target), closer to
-the paper's strong/strong ablation.
+epochs, and the paper's weak/strong views (``views.kind: msf``): the query (view 1) gets MoCo v2's
+strong augmentation, the target (view 2) crop (scale 0.2-1) and flip only; ``views.params.weak_target:
+false`` gives the strong/strong ablation, and ``views.kind: byol`` BYOL's asymmetric pair.
+
+Weight decay. The official ``train_msf.py`` hands every trainable parameter to SGD with weight decay
+1e-4, biases and BatchNorm included; ``decay_all: true`` (the default) does the same, ``decay_all:
+false`` exempts parameters with ndim <= 1 (and from LARS adaptation), selfsup's usual split.
 """
 
 from __future__ import annotations
@@ -37,11 +41,14 @@ class MSFConfig(MethodConfig):
     projector: str = "4096-512"
     predictor: str = "4096-512"
     symmetric: bool = False
+    decay_all: bool = Field(True, description="weight decay on every parameter, biases and BN included (official "
+                            "code); false: none on parameters with ndim <= 1")
 
 
 class MSF(Method):
     Config = MSFConfig
-    default_views = "byol"
+    default_views = "msf"
+    teacher_attr = "target"  # evaluated: the online (query) encoder, as BYOL
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MSFConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
@@ -71,6 +78,13 @@ class MSF(Method):
         if purity:
             out["purity"] = sum(purity) / len(purity)
         return out
+
+    def param_groups(self) -> list[dict]:
+        """One group with every trainable parameter (the official code's SGD decays biases and BN too);
+        with ``decay_all: false``, the base split that exempts parameters with ndim <= 1."""
+        if not self.cfg.decay_all:
+            return super().param_groups()
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:

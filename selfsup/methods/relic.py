@@ -37,6 +37,7 @@ class ReLICConfig(MethodConfig):
 class ReLIC(Method):
     Config = ReLICConfig
     default_views = "byol"
+    teacher_attr = "target"  # None when tau_base is null; evaluated: the online encoder, as BYOL
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: ReLICConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)

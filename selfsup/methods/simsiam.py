@@ -35,7 +35,7 @@ class SimSiamConfig(MethodConfig):
 
 class SimSiam(Method):
     Config = SimSiamConfig
-    default_views = "simclr"
+    default_views = "mocov2"
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SimSiamConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)

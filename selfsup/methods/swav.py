@@ -5,7 +5,8 @@ Recipe defaults (paper, ImageNet, 800 epochs): batch 4096, LARS (trust coefficie
 parameter with weight decay 1e-6, lr 4.8 (0.3 x batch/256) with 10 warmup epochs then cosine to
 0.0048; projector 2048-128 (BN + ReLU), L2-normalised output, 3000 prototypes (re-normalised before
 every step, frozen during the first epoch), temperature 0.1, Sinkhorn epsilon 0.05 with 3 iterations,
-multi-crop 2 x 224 (scale 0.14-1) + 6 x 96 (scale 0.05-0.14), codes from the two global crops. No
+multi-crop 2 x 224 (scale 0.14-1) + 6 x 96 (scale 0.05-0.14), every crop with SimCLR's colour distortion
+(strength 1), blur p 0.5 and no solarization (``views.kind: swav_multicrop``), codes from the two global crops. No
 queue at batch 4096; small batches use one (3840 embeddings for batch 256, from epoch 15).
 """
 
@@ -41,7 +42,7 @@ class SwAVConfig(MethodConfig):
 
 class SwAV(Method):
     Config = SwAVConfig
-    default_views = "multicrop"
+    default_views = "swav_multicrop"
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SwAVConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)

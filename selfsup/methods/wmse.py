@@ -4,7 +4,9 @@ no collapse without negatives, predictor or momentum encoder.
 
 Recipe defaults (official code, CIFAR-10 "W-MSE 4"): ResNet-18, Adam lr 3e-3 with 500 warmup steps,
 weight decay 1e-6, batch 256, 1000 epochs, 4 positives per image, projector 1024-64 (BN + ReLU),
-embedding 64, sub-batches of w_size = 128 whitened separately, w_iter = 1, no shrinkage (w_eps 0).
+embedding 64, sub-batches of w_size = 128 whitened separately, w_iter = 1, no shrinkage (w_eps 0); views:
+crop scale 0.2-1, jitter 0.4/0.4/0.4/0.1 p 0.8, grayscale 0.1, flip, no blur (``views.kind: mocov2`` with
+``n_views: 4, gray_p: 0.1, blur_p: 0``).
 Larger datasets use embedding 128 and w_size 256. Every pair of the leading same-resolution views is
 a positive pair; under DDP the whitening uses the global batch.
 """
@@ -33,7 +35,7 @@ class WMSEConfig(MethodConfig):
 
 class WMSE(Method):
     Config = WMSEConfig
-    default_views = "simclr"
+    default_views = "mocov2"  # the recipe adds W-MSE's 4 views, grayscale 0.1 and no blur
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: WMSEConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
