@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 from selfsup.config import DEFAULT_RECIPE, ConfigError, apply_overrides, list_recipes, load_recipe, read_yaml, validate
 
@@ -25,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--format", default=None, help="dataset format: auto, imagefolder, npz, idx, cifar, digits")
     t.add_argument("--out", default=None, help="run directory (default: runs/<method>-<time>)")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in a run directory that already holds a run (its run files are removed)")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.3")
 
@@ -34,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Evaluate a run's frozen backbone (or exported weights) with eval.protocols; "
                                    "prints a table and writes eval.json.")
-    e.add_argument("run_dir", nargs="?", help="a run directory (or use --weights)")
+    e.add_argument("run_dir", nargs="?", help="a run directory (or use --weights; then positionals are overrides)")
     e.add_argument("--weights", default=None, help="an exported backbone state dict (selfsup export)")
     e.add_argument("--recipe", default=None, help="with --weights: the recipe giving model.* and data.*")
     e.add_argument("--data", default=None, help="with --weights: dataset path (default: the recipe's)")
@@ -58,7 +62,7 @@ def _train(args: argparse.Namespace) -> None:
 
     from selfsup.run_evaluation import evaluate_run
     from selfsup.rundir import check_run_dir
-    from selfsup.train.loop import train
+    from selfsup.train.loop import make_run_dir, train
 
     extra = list(args.overrides)
     if args.data is not None:
@@ -67,12 +71,15 @@ def _train(args: argparse.Namespace) -> None:
         extra.append(f"data.format={args.format}")
     if args.resume:
         run = check_run_dir(args.resume)
-        if args.recipe:
-            raise ConfigError("--resume uses the run's own config.yaml; drop --recipe (overrides still apply)")
+        if args.recipe or args.overwrite:
+            raise ConfigError("--resume continues the run with its own config.yaml; drop --recipe and --overwrite "
+                              "(overrides still apply)")
         recipe = validate(apply_overrides(read_yaml(run / "config.yaml"), extra))
     else:
         recipe = load_recipe(args.recipe, extra)
-    run = train(recipe, run_dir=args.resume or args.out, resume=bool(args.resume))
+        run = Path(args.out) if args.out else make_run_dir(recipe)
+    args.run = run  # for the Ctrl-C message
+    run = train(recipe, run_dir=run, resume=bool(args.resume), overwrite=args.overwrite)
     if torch.distributed.is_initialized():  # under torchrun, rank 0 evaluates alone
         rank = torch.distributed.get_rank()
         torch.distributed.destroy_process_group()
@@ -87,7 +94,13 @@ def _eval(args: argparse.Namespace) -> None:
     from selfsup.run_evaluation import evaluate_run, evaluate_weights
 
     if args.weights:
-        extra = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
+        # with --weights there is no run directory: argparse put the first override in run_dir
+        positional = ([args.run_dir] if args.run_dir else []) + list(args.overrides)
+        not_overrides = [p for p in positional if "=" not in p]
+        if not_overrides:
+            raise ConfigError(f"with --weights, positional arguments are overrides like model.backbone=resnet18; got "
+                              f"'{not_overrides[0]}' (a run directory is evaluated without --weights)")
+        extra = positional + ([f"data.path={args.data}"] if args.data else [])
         evaluate_weights(args.weights, load_recipe(args.recipe, extra), protocols=args.protocols)
     elif args.run_dir:
         if args.overrides or args.recipe or args.data:
@@ -100,6 +113,22 @@ def _eval(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    with warnings.catch_warnings():  # warnings as one line each, each message once (data loads twice: train, eval)
+        seen: set[str] = set()
+
+        def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+            if str(message) not in seen:
+                seen.add(str(message))
+                print(f"selfsup: warning: {message}", file=sys.stderr)
+
+        from selfsup.data import DataWarning
+
+        warnings.showwarning = one_line
+        warnings.simplefilter("always", DataWarning)  # deduplicated by message above, not by source line
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from selfsup.data import DataError
     from selfsup.train.checkpoint import CheckpointError
     from selfsup.train.setup import TrainingError
@@ -122,10 +151,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, TrainingError) else 2
     except KeyboardInterrupt:
-        print("selfsup: interrupted; the last finished epoch is in checkpoint.pt (resume with --resume RUN_DIR)",
-              file=sys.stderr)
+        hint = f"; {_interrupted_hint(getattr(args, 'run', None))}" if args.cmd == "train" else ""
+        print(f"selfsup: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
+
+
+def _interrupted_hint(run: Path | None) -> str:
+    """What an interrupted `selfsup train` left behind, read from the run directory's checkpoint."""
+    if run is None or not Path(run).is_dir():
+        return "stopped before the run directory was created; nothing to resume"
+    ckpt_path = Path(run) / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        return (f"no checkpoint yet in {run} (none is written before the first epoch ends or train.checkpoint_every_* "
+                f"is due); start again with --out {run} --overwrite")
+    import torch
+
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        return f"{ckpt_path} is unreadable ({type(e).__name__}); start again with --out {run} --overwrite"
+    epochs = (state.get("config") or {}).get("train", {}).get("epochs")
+    per_epoch, step = state.get("steps_per_epoch"), state.get("global_step")
+    if per_epoch and step is not None:
+        total = f" of {epochs * per_epoch}" if epochs else ""
+        done, into = divmod(step, per_epoch)
+        where = f"step {step}{total} (" + (f"{done} finished epoch{'s' if done != 1 else ''})" if not into else
+                                           f"epoch {done + 1}, {into} of its {per_epoch} steps)")
+        finished = epochs is not None and step >= epochs * per_epoch
+    else:
+        done = state.get("epoch", 0)
+        where = f"{done} finished epoch{'s' if done != 1 else ''}" + (f" of {epochs}" if epochs else "")
+        finished = epochs is not None and done >= epochs
+    if finished:
+        return f"training had finished ({ckpt_path} holds {where}); evaluate it with: selfsup eval {run}"
+    return f"{ckpt_path} holds {where}; continue with: selfsup train --resume {run}"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,35 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest
 import torch
 
+CHECKOUT = Path(__file__).resolve().parent.parent
+_RUNS = CHECKOUT / "runs"  # train.out_dir's default, relative to the working directory
+
+
+def _runs_entries() -> set[str]:
+    return {p.name for p in _RUNS.iterdir()} if _RUNS.is_dir() else set()
+
+
+def pytest_sessionstart(session):
+    session.config._runs_before = _runs_entries()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session if a test wrote a run directory into the checkout's ./runs."""
+    new = sorted(_runs_entries() - getattr(session.config, "_runs_before", set()))
+    if new:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        msg = (f"tests wrote into the checkout: {_RUNS}/{{{', '.join(new)}}}; every test must write under its "
+               f"tmp_path (pass --out or train.out_dir)")
+        if reporter is not None:
+            reporter.write_line(f"ERROR: {msg}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own tmp_path, so that relative defaults (train.out_dir=runs) land there."""
+    monkeypatch.chdir(tmp_path)
+
 
 @pytest.fixture(scope="module")
 def one_thread():

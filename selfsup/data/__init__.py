@@ -3,7 +3,7 @@
 from .arrays import DataSplits, ImageArray, as_nchw_uint8, build_splits, is_memory_mapped, resize_center_crop
 from .cifar import SafeUnpickler, load_cifar, safe_unpickle
 from .digits import load_digits_splits
-from .errors import DataError, DataPathError
+from .errors import DataError, DataPathError, DataWarning
 from .formats import FORMATS, detect_format, load_data
 from .imagefolder import DEFAULT_IMAGEFOLDER_SIZE, IMAGE_EXTENSIONS, load_imagefolder
 from .loader import EpochSampler, Prefetcher, check_batch_size, sequential_batches
@@ -15,6 +15,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DataError",
     "DataPathError",
+    "DataWarning",
     "DataSplits",
     "EpochSampler",
     "ImageArray",

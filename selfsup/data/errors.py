@@ -13,3 +13,7 @@ class DataError(ValueError):
 
 class DataPathError(DataError, FileNotFoundError):
     """The dataset path does not exist (catchable as ``FileNotFoundError`` or ``DataError``)."""
+
+
+class DataWarning(UserWarning):
+    """The data loaded, with a caveat (e.g. unreadable images skipped); the message says how to change it."""

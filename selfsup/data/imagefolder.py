@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .arrays import DataSplits, ImageArray
-from .errors import DataError
+from .errors import DataError, DataWarning
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_IMAGEFOLDER_SIZE", "load_imagefolder", "looks_like_imagefolder"]
 
@@ -142,7 +142,8 @@ def _decode_all(
             if on_corrupt == "error":
                 raise DataError(
                     f"cannot read image {files[i]} ({type(e).__name__}: {e}); "
-                    "fix or delete it, or pass on_corrupt='skip'"
+                    "fix or delete it, or set data.on_corrupt=skip (Python: on_corrupt='skip') to skip "
+                    "unreadable images"
                 ) from e
             bad.append((i, files[i], f"{type(e).__name__}: {e}"))
             return
@@ -200,9 +201,10 @@ def load_imagefolder(
     decoded = [_decode_all(l.files, size, on_corrupt, workers) for l in lists]
     bad = [b for _, _, bl in decoded for b in bl]
     if bad:
-        msg = f"skipped {len(bad)} unreadable images (first: {bad[0][0]}: {bad[0][1]})"
-        warnings.warn(msg + "; pass on_corrupt='error' to stop instead", stacklevel=3)
-        notes.append(msg)
+        count = f"skipped {len(bad)} unreadable images"
+        warnings.warn(f"{count} (first: {bad[0][0]}: {bad[0][1]}); set data.on_corrupt=error (Python: "
+                      f"on_corrupt='error') to stop instead", DataWarning, stacklevel=3)
+        notes.append(count)  # the summary counts them; the warning (once) names the first and the fix
     all_gray = all(bool(g.all()) for _, g, _ in decoded)
     skipped = {p for p, _ in bad}
     splits: list[ImageArray] = []

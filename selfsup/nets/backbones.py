@@ -6,11 +6,37 @@ backbone in the Python API; :func:`feature_dim` finds ``D`` by a dummy forward.
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 import torch.nn as nn
 import torchvision
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
+BACKBONES = ("small_cnn", *RESNETS)  # and timm:<model name>
+
+
+def check_backbone_name(name: str) -> str:
+    """``name`` if :func:`build_backbone` knows it, else a ValueError naming the choices: ``small_cnn``,
+    ``resnet18/34/50``, or ``timm:<model>`` for a model in timm's own list (timm must be installed)."""
+    if name in BACKBONES:
+        return name
+    if name.startswith("timm:"):
+        model = name[5:]
+        try:
+            import timm
+        except ImportError:
+            raise ValueError(f"backbone '{name}' needs timm, which is not installed; pip install timm "
+                             f"(or choose {', '.join(BACKBONES)})") from None
+        if timm.is_model(model):
+            return name
+        close = difflib.get_close_matches(model, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join('timm:' + c for c in close)}? " if close else ""
+        raise ValueError(f"timm has no model '{model}'; {hint}timm.list_models() lists its names (e.g. "
+                         f"timm:vit_small_patch16_224)")
+    close = difflib.get_close_matches(name, BACKBONES, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise ValueError(f"unknown backbone '{name}'; {hint}choose {', '.join(BACKBONES)} or timm:<model name>")
 
 
 def resnet(name: str = "resnet18", in_channels: int = 3, small_input: bool = False) -> nn.Module:
@@ -85,13 +111,12 @@ def build_backbone(name: str, in_channels: int, image_size: int, small_input: bo
 
     ``small_input`` defaults to ``image_size <= 64`` for ResNets.
     """
+    check_backbone_name(name)
     if name == "small_cnn":
         return SmallCNN(in_channels, width=width)
     if name in RESNETS:
         return resnet(name, in_channels, image_size <= 64 if small_input is None else small_input)
-    if name.startswith("timm:"):
-        return timm_vit(name[5:], in_channels, image_size, **kwargs)
-    raise ValueError(f"unknown backbone '{name}'; choose small_cnn, {', '.join(RESNETS)} or timm:<model name>")
+    return timm_vit(name[5:], in_channels, image_size, **kwargs)  # a timm: name (checked above)
 
 
 @torch.no_grad()

@@ -32,17 +32,27 @@ class Env:
 
 def setup_env(device: str = "auto") -> Env:
     """Pick the device and, under ``torchrun`` (WORLD_SIZE > 1), join the process group
-    (NCCL on CUDA, gloo on CPU)."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    (NCCL on CUDA, gloo on CPU). ``device``: auto, cpu, cuda (GPU ``LOCAL_RANK``, 0 without torchrun)
+    or cuda:N (GPU N, for every process)."""
+    kind, _, index = device.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise TrainingError(f"train.device={device} is not a device; use auto, cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"train.device={device} but no CUDA device is visible; use train.device=cpu or auto")
+    if index and int(index) >= torch.cuda.device_count():
+        raise TrainingError(f"train.device={device} but only {torch.cuda.device_count()} CUDA device(s) are visible "
+                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); choose one of them or train.device=cuda")
+    use_cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if index and world > 1:
+        raise TrainingError(f"train.device={device} would put all {world} processes on one GPU; under torchrun use "
+                            f"train.device=cuda (process i takes GPU LOCAL_RANK i; pick GPUs with CUDA_VISIBLE_DEVICES)")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        dev = torch.device("cuda", int(index) if index else local_rank)
+        torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
     return Env(dev, rank, world, local_rank)
