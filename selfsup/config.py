@@ -7,14 +7,17 @@ Every error names the offending key in one line (:class:`ConfigError`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from selfsup.data.imagefolder import DEFAULT_IMAGEFOLDER_SIZE
 from selfsup.eval.evaluate import EVAL_PROTOCOLS
 from selfsup.methods import METHODS
+from selfsup.nets.backbones import check_backbone_name
 from selfsup.schema import Section
 from selfsup.views import VIEW_KINDS
 
@@ -29,7 +32,9 @@ class ConfigError(ValueError):
 class DataConfig(Section):
     path: str | None = Field(None, description="dataset path; null = the built-in digits")
     format: Literal["auto", "digits", "imagefolder", "npz", "idx", "cifar"] = "auto"
-    image_size: int | None = Field(None, gt=0, description="resize images to this square size (null: native)")
+    image_size: int | None = Field(None, gt=0, description=f"resize images to this square size (null: the native size "
+                                   f"of npz, IDX and CIFAR arrays; 32 for digits; {DEFAULT_IMAGEFOLDER_SIZE} for "
+                                   f"ImageFolder trees, whose images vary in size)")
     batch_size: int = Field(256, gt=0, description="effective batch over all processes")
     on_corrupt: Literal["skip", "error"] = "skip"
 
@@ -41,10 +46,15 @@ class ViewsConfig(Section):
 
 
 class ModelConfig(Section):
-    backbone: str = Field("small_cnn", description="small_cnn, resnet18/34/50 or timm:<name>")
+    backbone: str = Field("small_cnn", description="small_cnn, resnet18/34/50 or timm:<name> (a model in timm's list)")
     width: int = Field(32, gt=0, description="small_cnn base width")
     small_input: bool | None = Field(None, description="ResNet 3x3 stem without max-pool; null: image_size <= 64")
     sync_bn: bool = True
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:  # before any data loads: one line with the choices
+        return check_backbone_name(name)
 
 
 class OptimConfig(Section):
@@ -66,7 +76,8 @@ class TrainConfig(Section):
     epochs: int = Field(100, gt=0)
     seed: int = Field(0, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", description="auto (CUDA if visible), cpu, cuda (under torchrun: cuda:LOCAL_RANK) or "
+                        "cuda:N")
     out_dir: str = "runs"
     run_name: str | None = None
     online_probe: bool = True
@@ -75,6 +86,13 @@ class TrainConfig(Section):
     collapse_rankme_fraction: float = Field(0.02, ge=0, le=1, description="warn when the embeddings' RankMe falls "
                                             "below this fraction of min(N, D)")
     progress_bar: bool | None = Field(None, description="null: only when stderr is a terminal")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise ValueError(f"'{device}' is not a device; use auto, cpu, cuda or cuda:N (N = a GPU index)")
+        return device
     checkpoint_every_minutes: float | None = Field(15.0, gt=0, description="also checkpoint mid-epoch when this many "
                                                    "minutes passed since the last checkpoint (null: off)")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint every this many steps "
