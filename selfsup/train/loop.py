@@ -9,6 +9,7 @@ explicit calls, not hooks. Checkpoints (every epoch and mid-epoch) resume exactl
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -215,7 +216,11 @@ def _ddp(module: nn.Module, env: Env) -> nn.Module:
     statistics by :func:`selfsup.train.setup.average_norm_buffers` after each step."""
     if env.world_size == 1:
         return module
-    return DDP(module, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=False)
+    # torch >= 2.14 names the per-forward buffer sync ``forward_sync_buffers`` (``broadcast_buffers`` is
+    # deprecated there); torch 2.11 knows only ``broadcast_buffers``. Both still sync once at init.
+    no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+               else "broadcast_buffers": False}
+    return DDP(module, device_ids=[env.device.index] if env.device.type == "cuda" else None, **no_sync)
 
 
 def start_run(s: Session, overwrite: bool) -> tuple[int, None]:
