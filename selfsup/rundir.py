@@ -38,7 +38,7 @@ def load_recipe_of(run_dir: str | Path) -> Recipe:
 def load_method(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The trained method of a run (eval mode; ``.backbone``, heads, teacher) and the run's metadata
     (channels, image_size, mean, std, feat_dim, num_classes, epoch, probe weights)."""
-    from selfsup.train.loop import build_method
+    from selfsup.train.session import build_method
 
     run = check_run_dir(run_dir)
     recipe = load_recipe_of(run)

@@ -9,113 +9,32 @@ explicit calls, not hooks. Checkpoints (every epoch and mid-epoch) resume exactl
 
 from __future__ import annotations
 
-import inspect
 import json
-import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from selfsup.config import ConfigError, Recipe, to_dict
-from selfsup.data import DataSplits, EpochSampler, Prefetcher, check_batch_size, load_data
+from selfsup.config import Recipe
+from selfsup.data import DataSplits, Prefetcher
 from selfsup.diagnostics import CollapseMonitor, rankme
-from selfsup.methods import METHODS, Method
-from selfsup.nets import build_backbone, feature_dim, online_probe
+from selfsup.methods import Method
 from selfsup.seeds import mix_seed
-from selfsup.train import checkpoint as ckpt
-from selfsup.train.optim import build_optimizer, set_lr_wd
-from selfsup.train.resume import check_resume_config, claim_run_dir, write_text_atomic
-from selfsup.train.schedules import cosine, scaled_lr, warmup_cosine
-from selfsup.train.setup import (Env, TrainingError, agree_finite, autocast, average_norm_buffers, broadcast_flag,
-                                 seed_all, setup_env)
-from selfsup.views import build_views, default_mean_std
+from selfsup.train.optim import set_lr_wd
+from selfsup.train.resume import agree_run_dir, resume_from, save_checkpoint, start_run
+from selfsup.train.schedules import cosine, warmup_cosine
+from selfsup.train.session import EpochState, Session, build_method, make_run_dir, setup
+from selfsup.train.setup import Env, agree_finite, autocast, average_norm_buffers, broadcast_flag
+
+__all__ = ["train", "train_one_epoch", "train_one_step", "optimize_step", "end_epoch", "build_method", "make_run_dir",
+           "TIMING_KEYS"]
 
 #: metrics-row keys that measure the machine, not the run (they differ between identical runs)
 TIMING_KEYS = ("step_time", "data_time", "aug_time", "model_time", "img_per_s")
-
-
-def build_method(recipe: Recipe, channels: int, image_size: int, backbone: nn.Module | None = None) -> Method:
-    """The recipe's method around ``backbone`` (or the recipe's backbone)."""
-    m = recipe.model
-    if backbone is None:
-        backbone = build_backbone(m.backbone, channels, image_size, small_input=m.small_input, width=m.width)
-    return METHODS[recipe.method.name](backbone, feature_dim(backbone, channels, image_size), recipe.method,
-                                       epochs=recipe.train.epochs)
-
-
-def make_run_dir(recipe: Recipe) -> Path:
-    name = recipe.train.run_name or f"{recipe.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = Path(recipe.train.out_dir) / name
-    i = 1
-    while run.exists() and recipe.train.run_name is None:
-        run = Path(recipe.train.out_dir) / f"{name}-{i}"
-        i += 1
-    return run
-
-
-@dataclass
-class Session:
-    """Everything one training run holds: config, process, data, views, model, optimizers, schedules."""
-
-    cfg: Recipe
-    env: Env
-    data: DataSplits
-    views_fn: Callable
-    method: Method
-    model: nn.Module  # ``method`` or its DDP wrapper
-    opt: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    probe: nn.Module | None
-    probe_model: nn.Module | None
-    probe_opt: torch.optim.Optimizer | None
-    sampler: EpochSampler
-    peak_lr: float
-    meta: dict[str, Any]
-    run: Path = Path()
-    metrics: list[dict[str, Any]] = field(default_factory=list)  # the rows written so far
-    monitor: CollapseMonitor | None = None
-    log: Callable = print
-
-    @property
-    def steps(self) -> int:
-        return self.sampler.steps_per_epoch
-
-
-@dataclass
-class EpochState:
-    """One rank's running sums over the current epoch, and its random generators: what a mid-epoch
-    checkpoint must keep so that the epoch's metrics row comes out the same after a resume."""
-
-    epoch: int
-    gen: torch.Generator
-    logs: dict[str, float] = field(default_factory=dict)  # the method's before_epoch values
-    sums: dict[str, float] = field(default_factory=dict)  # per-step values, summed
-    last: dict[str, float] = field(default_factory=dict)  # schedules (lr, weight decay): the latest value
-    times: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # seconds in data, augmentation, model
-    correct: int = 0
-    seen: int = 0
-    feats: list[torch.Tensor] = field(default_factory=list)  # first rows of the epoch, for the spectra
-    embs: list[torch.Tensor] = field(default_factory=list)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "gen": self.gen.get_state(), "logs": self.logs, "sums": self.sums,
-                "last": self.last, "times": self.times, "correct": self.correct, "seen": self.seen,
-                "feats": [f.cpu() for f in self.feats], "embs": [e.cpu() for e in self.embs]}
-
-    @classmethod
-    def from_state(cls, s: dict[str, Any], device: torch.device) -> "EpochState":
-        gen = torch.Generator()
-        gen.set_state(s["gen"])
-        return cls(s["epoch"], gen, s["logs"], s["sums"], s["last"], s["times"], s["correct"], s["seen"],
-                   [f.to(device) for f in s["feats"]], [e.to(device) for e in s["embs"]])
 
 
 def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False, data: DataSplits | None = None,
@@ -129,7 +48,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
     (a global step) end early after writing a checkpoint, as a preempted run would.
     """
     s = setup(recipe, data, backbone, method, log)
-    s.run = _agree_run_dir(Path(run_dir) if run_dir else make_run_dir(recipe), s.env)
+    s.run = agree_run_dir(Path(run_dir) if run_dir else make_run_dir(recipe), s.env)
     if resume:
         global_step, epoch_state = resume_from(s)
     else:
@@ -157,111 +76,6 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
     if bar is not None:
         bar.close()
     return s.run
-
-
-def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, method: Method | None,
-          log: Callable) -> Session:
-    """Process, data, views, model, optimizer, online probe, sampler: everything before step 0."""
-    cfg, env = recipe, setup_env(recipe.train.device)
-    autocast(cfg.train.precision, env.device)  # fails now, not after loading data, if impossible here
-    seed_all(mix_seed(cfg.train.seed, env.rank))
-
-    data = data or load_data(cfg.data.path, format=cfg.data.format, image_size=cfg.data.image_size,
-                             on_corrupt=cfg.data.on_corrupt)
-    train_set = data.train
-    if cfg.data.batch_size % env.world_size:
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is the effective batch and must divide by the "
-                          f"{env.world_size} processes")
-    check_batch_size(train_set, cfg.data.batch_size // env.world_size, env.world_size)
-    channels, size = train_set.channels, train_set.image_size
-    mean, std = default_mean_std(channels)
-    method_cls = METHODS[cfg.method.name]
-    try:
-        views_fn = build_views(cfg.views.kind or method_cls.default_views, size, channels, mean, std,
-                               **cfg.views.params)
-    except ValueError as e:
-        raise ConfigError(f"views.params: {e}") from None
-    too_big = [v.size for v in views_fn.specs if v.size > size]
-    if too_big:
-        raise ConfigError(f"views: crop size {max(too_big)} is larger than the {size}px images; lower views.params.size "
-                          f"or raise data.image_size")
-    labels_ok = train_set.labels is not None
-    if method_cls.needs_labels and not labels_ok:
-        raise ConfigError(f"method {cfg.method.name} needs labels but the training data has none")
-
-    method = (method or build_method(cfg, channels, size, backbone)).to(env.device)
-    if cfg.train.channels_last:
-        method = method.to(memory_format=torch.channels_last)
-    if env.world_size > 1 and cfg.model.sync_bn and env.device.type == "cuda":  # SyncBatchNorm runs on CUDA only
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    opt = build_optimizer(method.param_groups(), cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
-                          cfg.optim.momentum, cfg.optim.betas, cfg.optim.eta)
-    num_classes = data.num_classes if labels_ok else None
-    probe = online_probe(method.feat_dim, num_classes).to(env.device) if cfg.train.online_probe and num_classes else None
-    probe_opt = torch.optim.Adam(probe.parameters(), lr=cfg.train.probe_lr) if probe else None
-    sampler = EpochSampler(len(train_set), cfg.data.batch_size // env.world_size, env.rank, env.world_size,
-                           cfg.train.seed)
-    meta = {"channels": channels, "image_size": size, "mean": list(mean), "std": list(std),
-            "feat_dim": method.feat_dim, "num_classes": num_classes, "data": data.summary()}
-    return Session(cfg, env, data, views_fn, method, _ddp(method, env), opt,
-                   torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16"), probe,
-                   _ddp(probe, env) if probe is not None else None, probe_opt, sampler,
-                   scaled_lr(cfg.optim.lr, cfg.data.batch_size, cfg.optim.lr_scaling), meta, log=log)
-
-
-def _ddp(module: nn.Module, env: Env) -> nn.Module:
-    """``module`` in DDP under torchrun. ``broadcast_buffers=False``: DDP would otherwise send every
-    buffer from rank 0 at each forward (a 65536-key MoCo queue is 32 MB, an MSF bank 2 GB). Banks and
-    queues are kept identical by their explicit gathers, centers by all-reduce, and BatchNorm
-    statistics by :func:`selfsup.train.setup.average_norm_buffers` after each step."""
-    if env.world_size == 1:
-        return module
-    # torch >= 2.14 names the per-forward buffer sync ``forward_sync_buffers`` (``broadcast_buffers`` is
-    # deprecated there); torch 2.11 knows only ``broadcast_buffers``. Both still sync once at init.
-    no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
-               else "broadcast_buffers": False}
-    return DDP(module, device_ids=[env.device.index] if env.device.type == "cuda" else None, **no_sync)
-
-
-def start_run(s: Session, overwrite: bool) -> tuple[int, None]:
-    """A new run: claim the directory and write its config."""
-    if s.env.is_main:
-        s.run.mkdir(parents=True, exist_ok=True)
-        claim_run_dir(s.run, overwrite)
-        write_text_atomic(s.run / "config.yaml", yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
-    _barrier(s.env)
-    return 0, None
-
-
-def resume_from(s: Session) -> tuple[int, EpochState | None]:
-    """Load the run's checkpoint into the session; return the global step and, mid-epoch, this rank's
-    epoch state. Rewrites ``metrics.jsonl`` from the checkpoint's rows and ``config.yaml`` with the
-    (resume-safe) overrides."""
-    env = s.env
-    state = ckpt.load(s.run / "checkpoint.pt", map_location=env.device)
-    check_resume_config(state["config"], to_dict(s.cfg))
-    if state["world_size"] != env.world_size or state["steps_per_epoch"] != s.steps:
-        raise ConfigError(f"checkpoint was written by {state['world_size']} process(es) with {state['steps_per_epoch']} "
-                          f"steps per epoch; resume with {state['world_size']} process(es) on the same training set")
-    s.method.load_state_dict(state["method"])
-    s.opt.load_state_dict(state["optimizer"])
-    s.scaler.load_state_dict(state["scaler"])
-    if s.probe is not None and state["probe"] is not None:
-        s.probe.load_state_dict(state["probe"])
-        s.probe_opt.load_state_dict(state["probe_opt"])
-    s.metrics = state["metrics"]
-    if state["monitor"] is not None:
-        s.monitor = CollapseMonitor.from_state(state["monitor"])
-    mine = state["ranks"][env.rank]
-    ckpt.set_rng_state(mine["rng"])
-    global_step = state["global_step"]
-    if env.is_main:
-        write_text_atomic(s.run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in s.metrics))
-        write_text_atomic(s.run / "config.yaml", yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
-        s.log(f"resuming {s.run} at step {global_step} (epoch {global_step // s.steps + 1}/{s.cfg.train.epochs}, "
-              f"step {global_step % s.steps + 1}/{s.steps})")
-    epoch = mine["epoch_state"]
-    return global_step, EpochState.from_state(epoch, env.device) if epoch is not None else None
 
 
 def train_one_epoch(s: Session, e: EpochState, global_step: int, stop_step: int, bar) -> int:
@@ -385,25 +199,6 @@ def end_epoch(s: Session, e: EpochState, global_step: int) -> None:
         s.log(_row_text(row))
 
 
-def save_checkpoint(s: Session, global_step: int, e: EpochState | None) -> None:
-    """Write ``checkpoint.pt`` atomically (rank 0), with every rank's RNG and epoch state (gathered)."""
-    env = s.env
-    mine = {"rng": ckpt.rng_state(), "epoch_state": e.state_dict() if e is not None else None}
-    ranks = [mine]
-    if env.world_size > 1:
-        ranks = [None] * env.world_size
-        torch.distributed.all_gather_object(ranks, mine)
-    if env.is_main:
-        ckpt.save_atomic({"method": s.method.state_dict(), "optimizer": s.opt.state_dict(),
-                          "scaler": s.scaler.state_dict(), "probe": s.probe.state_dict() if s.probe else None,
-                          "probe_opt": s.probe_opt.state_dict() if s.probe_opt else None, "ranks": ranks,
-                          "global_step": global_step, "epoch": global_step // s.steps, "steps_per_epoch": s.steps,
-                          "world_size": env.world_size, "metrics": s.metrics,
-                          "monitor": s.monitor.state_dict() if s.monitor is not None else None,
-                          "meta": s.meta, "config": to_dict(s.cfg)}, s.run / "checkpoint.pt")
-    _barrier(env)
-
-
 def _checkpoint_due(cfg: Recipe, env: Env, global_step: int, last_save: float) -> bool:
     """Whether a mid-epoch checkpoint is due (every N steps, or N minutes by rank 0's clock)."""
     t = cfg.train
@@ -412,15 +207,6 @@ def _checkpoint_due(cfg: Recipe, env: Env, global_step: int, last_save: float) -
     if t.checkpoint_every_minutes is None:
         return False
     return broadcast_flag(time.monotonic() - last_save >= 60 * t.checkpoint_every_minutes, env)
-
-
-def _agree_run_dir(run: Path, env: Env) -> Path:
-    """Every rank uses rank 0's directory (names carry a timestamp)."""
-    if env.world_size > 1:
-        names = [str(run)]
-        torch.distributed.broadcast_object_list(names, src=0)
-        run = Path(names[0])
-    return run
 
 
 def _global_sums(sums: dict[str, float], env: Env) -> dict[str, float]:
@@ -439,11 +225,6 @@ def _global_mean(correct: int, seen: int, env: Env) -> float:
     t = torch.tensor([correct, seen], dtype=torch.float64, device=env.device)
     torch.distributed.all_reduce(t)
     return (t[0] / t[1]).item()
-
-
-def _barrier(env: Env) -> None:
-    if env.world_size > 1:
-        torch.distributed.barrier()
 
 
 def _row_text(row: dict[str, Any]) -> str:

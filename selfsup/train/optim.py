@@ -15,7 +15,7 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 0.02) -> None:
+                 eta: float = 1e-3) -> None:
         if lr < 0 or eta <= 0:
             raise ValueError(f"LARS needs lr >= 0 and eta > 0, got lr={lr}, eta={eta}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, no_decay=False))
@@ -45,7 +45,7 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(groups: list[dict], name: str, lr: float, weight_decay: float, momentum: float = 0.9,
-                    betas: tuple[float, float] = (0.9, 0.999), eta: float = 0.02) -> torch.optim.Optimizer:
+                    betas: tuple[float, float] = (0.9, 0.999), eta: float = 1e-3) -> torch.optim.Optimizer:
     """Optimizer over ``Method.param_groups()``. Groups with ``no_decay`` get weight decay 0.
 
     Extra group keys (``lr_scale``, ``fixed_lr``, ``no_decay``) are kept in the groups so the

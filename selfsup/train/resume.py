@@ -16,12 +16,20 @@ interrupted run and an uninterrupted one give bit-identical weights and metrics 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from selfsup.config import ConfigError
+import torch
+import yaml
+
+from selfsup.config import ConfigError, to_dict
+from selfsup.diagnostics import CollapseMonitor
+from selfsup.train import checkpoint as ckpt
+from selfsup.train.session import EpochState, Session, barrier
+from selfsup.train.setup import Env
 
 #: the files a run directory holds (``--overwrite`` removes these and nothing else)
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "eval.json", "report.html", "report.md",
@@ -78,3 +86,72 @@ def write_text_atomic(path: Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def start_run(s: Session, overwrite: bool) -> tuple[int, None]:
+    """A new run: claim the directory and write its config."""
+    if s.env.is_main:
+        s.run.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(s.run, overwrite)
+        write_text_atomic(s.run / "config.yaml", yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
+    barrier(s.env)
+    return 0, None
+
+
+def resume_from(s: Session) -> tuple[int, EpochState | None]:
+    """Load the run's checkpoint into the session; return the global step and, mid-epoch, this rank's
+    epoch state. Rewrites ``metrics.jsonl`` from the checkpoint's rows and ``config.yaml`` with the
+    (resume-safe) overrides."""
+    env = s.env
+    state = ckpt.load(s.run / "checkpoint.pt", map_location=env.device)
+    check_resume_config(state["config"], to_dict(s.cfg))
+    if state["world_size"] != env.world_size or state["steps_per_epoch"] != s.steps:
+        raise ConfigError(f"checkpoint was written by {state['world_size']} process(es) with {state['steps_per_epoch']} "
+                          f"steps per epoch; resume with {state['world_size']} process(es) on the same training set")
+    s.method.load_state_dict(state["method"])
+    s.opt.load_state_dict(state["optimizer"])
+    s.scaler.load_state_dict(state["scaler"])
+    if s.probe is not None and state["probe"] is not None:
+        s.probe.load_state_dict(state["probe"])
+        s.probe_opt.load_state_dict(state["probe_opt"])
+    s.metrics = state["metrics"]
+    if state["monitor"] is not None:
+        s.monitor = CollapseMonitor.from_state(state["monitor"])
+    mine = state["ranks"][env.rank]
+    ckpt.set_rng_state(mine["rng"])
+    global_step = state["global_step"]
+    if env.is_main:
+        write_text_atomic(s.run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in s.metrics))
+        write_text_atomic(s.run / "config.yaml", yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
+        s.log(f"resuming {s.run} at step {global_step} (epoch {global_step // s.steps + 1}/{s.cfg.train.epochs}, "
+              f"step {global_step % s.steps + 1}/{s.steps})")
+    epoch = mine["epoch_state"]
+    return global_step, EpochState.from_state(epoch, env.device) if epoch is not None else None
+
+
+def save_checkpoint(s: Session, global_step: int, e: EpochState | None) -> None:
+    """Write ``checkpoint.pt`` atomically (rank 0), with every rank's RNG and epoch state (gathered)."""
+    env = s.env
+    mine = {"rng": ckpt.rng_state(), "epoch_state": e.state_dict() if e is not None else None}
+    ranks = [mine]
+    if env.world_size > 1:
+        ranks = [None] * env.world_size
+        torch.distributed.all_gather_object(ranks, mine)
+    if env.is_main:
+        ckpt.save_atomic({"method": s.method.state_dict(), "optimizer": s.opt.state_dict(),
+                          "scaler": s.scaler.state_dict(), "probe": s.probe.state_dict() if s.probe else None,
+                          "probe_opt": s.probe_opt.state_dict() if s.probe_opt else None, "ranks": ranks,
+                          "global_step": global_step, "epoch": global_step // s.steps, "steps_per_epoch": s.steps,
+                          "world_size": env.world_size, "metrics": s.metrics,
+                          "monitor": s.monitor.state_dict() if s.monitor is not None else None,
+                          "meta": s.meta, "config": to_dict(s.cfg)}, s.run / "checkpoint.pt")
+    barrier(env)
+
+
+def agree_run_dir(run: Path, env: Env) -> Path:
+    """Every rank uses rank 0's directory (names carry a timestamp)."""
+    if env.world_size > 1:
+        names = [str(run)]
+        torch.distributed.broadcast_object_list(names, src=0)
+        run = Path(names[0])
+    return run
