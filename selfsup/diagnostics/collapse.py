@@ -8,11 +8,15 @@ Two signals, measured once per epoch on the embeddings the loss sees:
 * dimensional collapse (Jing et al., 2022): RankMe (Garrido et al., 2023) falls to a small
   fraction of ``min(N, D)``.
 
-A healthy run can dip for an epoch or two, typically right after warmup when BYOL's embeddings
-first contract, then spread out again (``byol_digits`` used to raise a false alarm at epochs 3-4
-and ended at kNN 0.92). So a signal must stay below its threshold for ``patience`` consecutive
-updates, after ``grace_updates`` warmup updates, before the monitor reports it, and each kind is
-reported once. The monitor returns its messages; the caller decides how to show them.
+Calibration (normalised std x sqrt(D), 64-d embeddings, seed 0, measured on the digits recipes):
+healthy runs contract right after warmup and spread out again -- ``byol_digits`` falls from 0.80 to
+0.097 at epoch 5 and climbs back to 0.42 by epoch 30 (the old threshold of 0.2 fired at epochs 3-4,
+a false alarm), ``simclr_digits`` bottoms out at 0.23 -- while BYOL without its predictor and with
+the target equal to the online network (BYOL, Table 5a; SimSiam, Table 1) reaches 0.028 at epoch 3
+and 0.009 by epoch 5. Hence the default threshold ``0.04 / sqrt(D)`` (2.4x below the deepest
+healthy dip), a signal must stay below it for ``patience`` consecutive updates, and the first
+``grace_updates`` (the warmup epochs) do not count. Each kind is reported once; the monitor returns
+its messages and the caller decides how to show them.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class CollapseMonitor:
     across a resume.
     """
 
-    def __init__(self, dim: int, rankme_fraction: float = 0.02, std_fraction: float = 0.1, patience: int = 3,
+    def __init__(self, dim: int, rankme_fraction: float = 0.02, std_fraction: float = 0.04, patience: int = 3,
                  grace_updates: int = 2) -> None:
         if int(dim) != dim or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim}")
@@ -97,6 +101,9 @@ class CollapseMonitor:
                       f"{self.rankme_fraction * bound:.1f} {span}",
         }
         confirmed = [k for k in ("std", "rankme") if self._streak[k] >= self.patience and k not in self._reported]
+        if "std" in confirmed:  # one point has rank one: the complete collapse says it all
+            confirmed = ["std"]
+            self._reported.add("rankme")
         self._reported.update(confirmed)
         return [messages[k] for k in confirmed]
 
