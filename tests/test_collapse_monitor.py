@@ -161,8 +161,9 @@ def test_byol_without_predictor_collapses_and_the_trainer_shows_it_exactly_once(
     """BYOL without its predictor and with target = online network collapses (BYOL, Table 5a; SimSiam,
     Table 1; cookbook, "Self-Distillation"). The trainer shows the collapse once, as a logged line: no
     RuntimeWarning besides it, and not again at every later epoch. (With the recipe's EMA target,
-    removing the predictor alone does not collapse on digits: 30 epochs keep the std at ~0.19/sqrt(D)
-    and the online probe at 0.68, so that run is not a collapse to report.)"""
+    removing the predictor alone does not collapse on digits: over 30 epochs the std stays at ~0.19/sqrt(D)
+    and the backbone ends at kNN 0.936, against 0.928 with the predictor, so that run is not a collapse to
+    report. With target = online the std is 0.009/sqrt(D) by epoch 5 and kNN 0.65 at epoch 11.)"""
     lines, caught, rows = _byol_run(tmp_path, ["train.epochs=6", "method.tau_base=0"], without_predictor=True)
     assert rows[-1]["emb_std"] < 0.01 / math.sqrt(DIM)  # it really collapsed: ~one point on the sphere
     shown = [line for line in lines if "collapse" in line]
