@@ -62,7 +62,8 @@ def _train(args: argparse.Namespace) -> None:
 
     from selfsup.run_evaluation import evaluate_run
     from selfsup.rundir import check_run_dir
-    from selfsup.train.loop import make_run_dir, train
+    from selfsup.train.loop import train
+    from selfsup.train.session import make_run_dir
 
     extra = list(args.overrides)
     if args.data is not None:
