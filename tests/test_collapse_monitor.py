@@ -162,7 +162,7 @@ def test_byol_without_predictor_collapses_and_the_trainer_shows_it_exactly_once(
     Table 1; cookbook, "Self-Distillation"). The trainer shows the collapse once, as a logged line: no
     RuntimeWarning besides it, and not again at every later epoch. (With the recipe's EMA target,
     removing the predictor alone does not collapse on digits: over 30 epochs the std stays at ~0.19/sqrt(D)
-    and the backbone ends at kNN 0.936, against 0.928 with the predictor, so that run is not a collapse to
+    and the backbone ends at kNN 0.936, against 0.928 with the predictor (LARS eta 1e-3 runs), so that run is not a collapse to
     report. With target = online the std is 0.009/sqrt(D) by epoch 5 and kNN 0.65 at epoch 11.)"""
     lines, caught, rows = _byol_run(tmp_path, ["train.epochs=6", "method.tau_base=0"], without_predictor=True)
     assert rows[-1]["emb_std"] < 0.01 / math.sqrt(DIM)  # it really collapsed: ~one point on the sphere
@@ -178,7 +178,7 @@ def test_shipped_byol_at_test_scale_is_not_reported(tmp_path, one_thread):
 
 
 def test_shipped_byol_digits_run_is_not_reported():
-    """Replays the embeddings the trainer gave the monitor in a real run of the shipped byol_digits
+    """Replays the embeddings the trainer gave the monitor in a real 30-epoch run of the shipped byol_digits
     recipe (tests/data/byol_digits_monitor_inputs.pt, see its "about"): the epochs up to and past its
     deepest contraction. The monitor the trainer builds stays silent; the old calibration (threshold
     0.2/sqrt(D), no patience, no grace) raised the false alarm on these same inputs."""
