@@ -63,7 +63,7 @@ def test_small_cnn_stage_ids_and_no_decay_means_one_lr():
 
 
 def test_vit_layer_ids_follow_beit_mae():
-    timm = pytest.importorskip("timm")
+    timm = pytest.importorskip("timm", reason="timm is the optional 'vit' extra: pip install -e \".[vit]\"")
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, patch_size=4, depth=3)
     model = Classifier(vit, nn.Linear(vit.num_features, 10))
     ids = layer_ids(model)
