@@ -6,7 +6,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -16,14 +16,15 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read; the message names the file."""
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` with ``torch.save`` so that ``path`` is either the old or the new file, never half."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it over ``path``:
+    ``path`` is either the old or the new file, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -36,6 +37,16 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` with ``torch.save``, atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace ``path`` by ``text``, atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -17,8 +17,6 @@ interrupted run and an uninterrupted one give bit-identical weights and metrics 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -73,27 +71,12 @@ def check_resume_config(saved: dict[str, Any], new: dict[str, Any]) -> None:
                           f"override, or start a new run")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` so that it is either the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def start_run(s: Session, overwrite: bool) -> tuple[int, None]:
     """A new run: claim the directory and write its config."""
     if s.env.is_main:
         s.run.mkdir(parents=True, exist_ok=True)
         claim_run_dir(s.run, overwrite)
-        write_text_atomic(s.run / "config.yaml", yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
+        ckpt.write_text_atomic(s.run / "config.yaml", yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
     barrier(s.env)
     return 0, None
 
@@ -121,8 +104,8 @@ def resume_from(s: Session) -> tuple[int, EpochState | None]:
     ckpt.set_rng_state(mine["rng"])
     global_step = state["global_step"]
     if env.is_main:
-        write_text_atomic(s.run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in s.metrics))
-        write_text_atomic(s.run / "config.yaml", yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
+        ckpt.write_text_atomic(s.run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in s.metrics))
+        ckpt.write_text_atomic(s.run / "config.yaml", yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
         s.log(f"resuming {s.run} at step {global_step} (epoch {global_step // s.steps + 1}/{s.cfg.train.epochs}, "
               f"step {global_step % s.steps + 1}/{s.steps})")
     epoch = mine["epoch_state"]
