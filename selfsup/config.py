@@ -30,13 +30,38 @@ class ConfigError(ValueError):
 
 
 class DataConfig(Section):
-    path: str | None = Field(None, description="dataset path; null = the built-in digits")
-    format: Literal["auto", "digits", "imagefolder", "npz", "idx", "cifar"] = "auto"
-    image_size: int | None = Field(None, gt=0, description=f"resize images to this square size (null: the native size "
+    path: str | None = Field(None, description="dataset path: an ImageFolder tree or folder of images, a .csv/.tsv/"
+                             ".txt file list, a `selfsup prepare` pack, .tar shards, .npz, IDX or CIFAR; null = the "
+                             "built-in digits")
+    format: Literal["auto", "digits", "imagefolder", "filelist", "packed", "shards", "npz", "idx", "cifar"] = "auto"
+    image_size: int | None = Field(None, gt=0, description=f"output side of the global views (null: the native size "
                                    f"of npz, IDX and CIFAR arrays; 32 for digits; {DEFAULT_IMAGEFOLDER_SIZE} for "
-                                   f"ImageFolder trees, whose images vary in size)")
+                                   f"image files, whose sizes vary)")
     batch_size: int = Field(256, gt=0, description="effective batch over all processes")
-    on_corrupt: Literal["skip", "error"] = "skip"
+    on_corrupt: Literal["skip", "error"] = Field("skip", description="unreadable images: skip (or, met while "
+                                                 "training, replace by the next readable one) and report, or stop")
+    cache: Literal["auto", "ram", "none"] = Field(
+        "auto", description="image files: none = stream full-resolution crops from disk, ram = decode once at "
+        "image_size (crops then come from that square), auto = ram when the decoded set fits ram_budget_mb. "
+        "Array formats are always in RAM or memory-mapped")
+    ram_budget_mb: float = Field(2048, gt=0, description="data.cache=auto keeps decoded images in RAM up to this size")
+    labels: Literal["auto", "folders", "none"] = Field(
+        "auto", description="image folders: class sub-folders (folders), every image at any depth unlabeled (none), "
+        "or auto (class folders unless the top level holds loose images only)")
+    test_path: str | None = Field(None, description="a separate test/val split for image files (e.g. val.csv)")
+    num_workers: int | Literal["auto"] = Field("auto", description="streaming loader processes (0: decode in the "
+                                               "main process); auto: the CPUs available, at most 8 per process")
+    prefetch: int = Field(2, gt=0, description="streaming batches in flight per worker (memory: workers x prefetch "
+                          "x batch)")
+    index_dir: str | None = Field(None, description="where image indexes are cached (null: $SELFSUP_CACHE_DIR/index "
+                                  "or ~/.cache/selfsup/index)")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, n: int | str) -> int | str:
+        if isinstance(n, int) and n < 0:
+            raise ValueError(f"num_workers must be auto or an int >= 0, got {n}")
+        return n
 
 
 class ViewsConfig(Section):

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from selfsup.config import ConfigError, Recipe
-from selfsup.data import DataSplits, ImageArray, load_data
+from selfsup.data import DataSplits, ImageArray, load_data_section
 from selfsup.eval.evaluate import EVAL_PROTOCOLS, FEATURE_PROTOCOLS, LABEL_PROTOCOLS
 from selfsup.eval import (Metric, evaluate, extract_features, finetune, guillotine_probe, lidar,
                           linear_probe_on_images, metrics_from_probe, results_table, stratified_split)
@@ -133,8 +133,7 @@ def evaluate_run(run_dir: str | Path, report: bool = False, data: DataSplits | N
     backbone, projector = encoder_parts(method, which)
     if which == "teacher":
         meta = dict(meta, probe=None)
-    data = data or load_data(recipe.data.path, format=recipe.data.format, image_size=recipe.data.image_size,
-                             on_corrupt=recipe.data.on_corrupt)
+    data = data or load_data_section(recipe.data)
     metrics, feats, labels, note = evaluate_backbone(backbone, data, recipe, meta, device, protocols, projector, log)
     log(f"evaluation of {run} (epoch {meta['epoch']}, {which} encoder, {meta['data']}){note}\n"
         f"{results_table(metrics)}")
@@ -156,8 +155,7 @@ def evaluate_weights(weights: str | Path, recipe: Recipe, protocols: list[str] |
     from selfsup.views import default_mean_std
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = load_data(recipe.data.path, format=recipe.data.format, image_size=recipe.data.image_size,
-                     on_corrupt=recipe.data.on_corrupt)
+    data = load_data_section(recipe.data)
     c, size = data.train.channels, data.train.image_size
     m = recipe.model
     backbone = build_backbone(m.backbone, c, size, small_input=m.small_input, width=m.width)

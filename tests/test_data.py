@@ -362,11 +362,11 @@ def test_load_data_path_and_format_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does-not-exist does not exist"):
         load_data(tmp_path / "does-not-exist")
     assert issubclass(DataPathError, DataError)
-    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "notes.dat").write_text("hello")
     with pytest.raises(DataError, match=r"cannot tell the format of folder .*\.npz.*idx.*cifar.*imagefolder"):
         load_data(tmp_path)
     with pytest.raises(DataError, match="cannot tell the format of file"):
-        load_data(tmp_path / "notes.txt")
+        load_data(tmp_path / "notes.dat")
     with pytest.raises(DataError, match="unknown data format 'hdf5'; use one of auto, digits"):
         load_data(tmp_path, format="hdf5")
     with pytest.raises(DataError, match="image_size must be a positive integer"):

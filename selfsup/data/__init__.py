@@ -4,9 +4,10 @@ from .arrays import DataSplits, ImageArray, as_nchw_uint8, build_splits, is_memo
 from .cifar import SafeUnpickler, load_cifar, safe_unpickle
 from .digits import load_digits_splits
 from .errors import DataError, DataPathError, DataWarning
-from .formats import FORMATS, detect_format, load_data
+from .formats import FORMATS, detect_format, load_data, load_data_section
 from .imagefolder import DEFAULT_IMAGEFOLDER_SIZE, IMAGE_EXTENSIONS, load_imagefolder
 from .loader import EpochSampler, Prefetcher, check_batch_size, sequential_batches
+from .stream import StreamLoader, StreamSplit, default_num_workers
 from .npz import load_idx, load_npz, read_idx, save_npz
 
 __all__ = [
@@ -28,6 +29,10 @@ __all__ = [
     "is_memory_mapped",
     "load_cifar",
     "load_data",
+    "load_data_section",
+    "StreamLoader",
+    "StreamSplit",
+    "default_num_workers",
     "load_digits_splits",
     "load_idx",
     "load_imagefolder",

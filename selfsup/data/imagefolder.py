@@ -1,54 +1,40 @@
-"""ImageFolder trees decoded into uint8 arrays.
+"""Datasets of encoded image files (ImageFolder trees, file lists, packed files, tar shards) as
+:class:`~selfsup.data.DataSplits`, streamed at full resolution or cached in RAM.
 
-Layouts (class names are folder names, sorted; ``train`` defines the class map):
+``cache``:
 
-* ``root/train/<class>/*.png`` + ``root/test/<class>/...`` (or ``val/``);
-* ``root/<class>/*.jpg``: a flat tree, no test split;
-* ``root/*.jpg`` (or ``root/train/*.jpg``): images without class folders, unlabeled.
+* ``"none"``: stream (:class:`~selfsup.data.stream.StreamSplit`): crops from the full-resolution
+  image, memory bounded by the loader's workers x prefetch, not by the dataset;
+* ``"ram"``: decode once into uint8 arrays, shorter side resized to ``image_size`` and centre
+  cropped (the fast path for small sets; crops then come from that square);
+* ``"auto"``: RAM when the decoded set fits ``ram_budget_mb``, else streaming.
 
-Each image is decoded with PIL, its shorter side resized to ``image_size`` and
-centre-cropped to a square. Channels: grayscale (1) when *every* image of the
-dataset is grayscale, else RGB (3; gray images are replicated to RGB).
+Channels: grayscale (1) when *every* image of the dataset is grayscale, else RGB (3). Images
+whose header cannot be read are skipped with a warning naming the first one
+(``on_corrupt="skip"``) or stop the load naming the file (``on_corrupt="error"``).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .arrays import DataSplits, ImageArray
+from .arrays import DataSplits
 from .errors import DataError, DataWarning
+from .index import build_index
+from .sources import IMAGE_SUFFIXES, Listing, list_folder, split_folders
+from .stream import StreamSplit
 
-__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_IMAGEFOLDER_SIZE", "load_imagefolder", "looks_like_imagefolder"]
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_IMAGEFOLDER_SIZE", "CACHE_MODES", "load_imagefolder", "load_image_splits",
+           "looks_like_imagefolder", "index_listing"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 DEFAULT_IMAGEFOLDER_SIZE = 64
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-# PIL raises these for truncated / garbage / hostile files.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
-
-def _is_image(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _images_under(folder: Path) -> list[Path]:
-    """All image files below ``folder`` (recursive, hidden entries skipped, sorted)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(p for p in (Path(dirpath) / f for f in sorted(filenames)) if _is_image(p))
-    return found
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+CACHE_MODES = ("auto", "ram", "none")
+DEFAULT_RAM_BUDGET_MB = 2048
 
 
 def looks_like_imagefolder(folder: Path) -> bool:
@@ -59,169 +45,96 @@ def looks_like_imagefolder(folder: Path) -> bool:
     return False
 
 
-@dataclass
-class _Listing:
-    files: list[Path]
-    labels: list[int] | None
-    classes: list[str] | None
-
-
-def _list_split(folder: Path, class_to_idx: dict[str, int] | None, split: str) -> _Listing:
-    """List a split folder: class sub-folders (labeled) or loose images (unlabeled)."""
-    loose = [p for p in folder.iterdir() if _is_image(p)]
-    dirs = _subdirs(folder)
-    if dirs and loose:
-        raise DataError(
-            f"{folder} has both loose images (e.g. {loose[0].name}) and class folders; "
-            "move every image into a class folder, or use a folder of images only for unlabeled data"
-        )
-    if not dirs:
-        if not loose:
-            raise DataError(f"{split} folder {folder} contains no images ({', '.join(IMAGE_EXTENSIONS)}); add images")
-        if class_to_idx is not None:
-            raise DataError(f"{split} folder {folder} has no class folders but the train split does; add class folders")
-        return _Listing(sorted(loose), None, None)
-    classes = [d.name for d in dirs]
-    if class_to_idx is None:
-        class_to_idx = {c: i for i, c in enumerate(classes)}
-    files, labels = [], []
-    for d in dirs:
-        if d.name not in class_to_idx:
-            raise DataError(
-                f"{split} class folder '{d.name}' does not exist in the train split; "
-                "add it to train/ or remove it from the test split"
-            )
-        found = _images_under(d)
-        if not found:
-            raise DataError(f"class folder {d} contains no images; add images to it or delete the folder")
-        files += found
-        labels += [class_to_idx[d.name]] * len(found)
-    return _Listing(files, labels, sorted(class_to_idx, key=class_to_idx.__getitem__))
-
-
-def _decode(path: Path, size: int) -> tuple[np.ndarray, bool]:
-    """Decode one image to ``size x size x 3`` uint8 (shorter side resized, centre crop) and whether it is gray."""
-    with Image.open(path) as img:
-        img.draft(None, (size, size))  # JPEG: let the decoder downscale by up to 8x (>= size on both sides)
-        gray = img.mode in _GRAY_MODES or (img.mode == "P" and _palette_is_gray(img))
-        if img.mode.startswith("I;16"):
-            img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
-        img = img.convert("L" if gray else "RGB")
-        w, h = img.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
-        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-        arr = np.asarray(img.crop((left, top, left + size, top + size)))
-    return (arr[..., None] if gray else arr), gray
-
-
-def _palette_is_gray(img: Image.Image) -> bool:
-    pal = img.getpalette() or []
-    rgb = np.asarray(pal[: len(pal) // 3 * 3], dtype=np.uint8).reshape(-1, 3)
-    return "transparency" not in img.info and bool((rgb == rgb[:, :1]).all())
-
-
-def _decode_all(
-    files: list[Path], size: int, on_corrupt: str, workers: int
-) -> tuple[np.ndarray, np.ndarray, list[tuple[Path, str]]]:
-    """Decode ``files`` into a preallocated ``N x size x size x 3`` buffer with a thread pool.
-
-    PIL releases the GIL while decoding and resizing, so threads scale with cores.
-    Returns (buffer, per-image gray flags, [(path, error), ...] for unreadable files).
-    """
-    buf = np.empty((len(files), size, size, 3), dtype=np.uint8)
-    gray = np.zeros(len(files), dtype=bool)
-    bad: list[tuple[int, Path, str]] = []
-
-    def work(i: int) -> None:
-        try:
-            arr, gray[i] = _decode(files[i], size)
-        except _DECODE_ERRORS as e:
-            if on_corrupt == "error":
-                raise DataError(
-                    f"cannot read image {files[i]} ({type(e).__name__}: {e}); "
-                    "fix or delete it, or set data.on_corrupt=skip (Python: on_corrupt='skip') to skip "
-                    "unreadable images"
-                ) from e
-            bad.append((i, files[i], f"{type(e).__name__}: {e}"))
-            return
-        buf[i] = arr  # gray (H, W, 1) broadcasts into all three channels
-
-    def work_chunk(rows: range) -> None:
-        for i in rows:
-            work(i)
-
-    step = max(1, min(256, -(-len(files) // (4 * workers))))  # a few chunks per worker, at most 256 images each
-    chunks = [range(s, min(s + step, len(files))) for s in range(0, len(files), step)]
-    if workers > 1 and len(chunks) > 1:
-        pool = ThreadPoolExecutor(max_workers=workers)
-        try:
-            for _ in pool.map(work_chunk, chunks):
-                pass
-        finally:  # on a fatal error, do not decode the rest of the dataset first
-            pool.shutdown(wait=True, cancel_futures=True)
+def index_listing(listing: Listing, on_corrupt: str, index_dir: Path | None = None, threads: int | None = None,
+                  image_size: int = DEFAULT_IMAGEFOLDER_SIZE) -> tuple[StreamSplit, list[str]]:
+    """Index ``listing`` (its own index, or the file headers, cached) and drop unreadable images:
+    the split (channels not yet decided) and ``["path: error", ...]`` for the dropped ones."""
+    if listing.index is not None:
+        index, bad = listing.index, []
     else:
-        work_chunk(range(len(files)))
-    return buf, gray, [(p, err) for _, p, err in sorted(bad, key=lambda b: b[0])]
+        index, bad = build_index(listing.reader, listing.names, listing.stamps, listing.key, index_dir, threads)
+    reader, labels = listing.reader, listing.labels
+    messages = [f"{reader.name(i)}: {err}" for i, err in bad]
+    if bad and on_corrupt == "error":
+        i, err = bad[0]
+        raise DataError(f"cannot read image {reader.name(i)} ({err}); fix or delete it, or set data.on_corrupt=skip "
+                        f"(Python: on_corrupt='skip') to skip unreadable images")
+    if bad:
+        keep = np.ones(len(index), dtype=bool)
+        keep[[i for i, _ in bad]] = False
+        if not keep.any():
+            raise DataError(f"every image of {reader.name(0)}'s split is unreadable ({bad[0][1]}); check the files")
+        reader, index = reader.subset(keep), index.select(keep)
+        labels = labels[keep] if labels is not None else None
+    split = StreamSplit(reader, index, image_size, labels, listing.classes, on_corrupt,
+                        threads=threads or min(8, os.cpu_count() or 1), channels=3)
+    return split, messages
 
 
-def load_imagefolder(
-    root: Path, image_size: int | None = None, on_corrupt: str = "skip", num_workers: int | None = None
-) -> DataSplits:
-    """Load an ImageFolder tree (see module docstring); ``image_size`` defaults to 64.
-
-    Unreadable images are skipped with a warning (``on_corrupt="skip"``) or
-    raise :class:`DataError` naming the file (``on_corrupt="error"``).
-    """
+def load_image_splits(train: Listing, test: Listing | None, name: str, image_size: int | None = None,
+                      on_corrupt: str = "skip", cache: str = "auto", ram_budget_mb: float = DEFAULT_RAM_BUDGET_MB,
+                      index_dir: Path | None = None, threads: int | None = None,
+                      notes: list[str] | None = None) -> DataSplits:
+    """Index the ``train`` (and ``test``) listings and return streamed or RAM-cached splits (see the
+    module docstring)."""
     size = DEFAULT_IMAGEFOLDER_SIZE if image_size is None else int(image_size)
     if size < 1:
         raise DataError(f"image_size must be a positive integer, got {image_size}; e.g. image_size=64")
-    workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
-    notes: list[str] = []
-    names = {d.name: d for d in _subdirs(root)}
-    if "train" in names:
-        train_list = _list_split(names["train"], None, "train")
-        test_dir = names.get("test") or names.get("val")
-        if test_dir is None:
-            notes.append(f"no test/ or val/ folder next to {names['train']}: test split is None")
-        elif "test" in names and "val" in names:
-            notes.append("both test/ and val/ exist: using test/, ignoring val/")
-        c2i = None if train_list.classes is None else {c: i for i, c in enumerate(train_list.classes)}
-        test_list = _list_split(test_dir, c2i, test_dir.name) if test_dir is not None else None
-    else:
-        train_list, test_list = _list_split(root, None, "dataset"), None
-        notes.append("flat folder without train/ and test/ sub-folders: test split is None "
-                     "(evaluation needs root/train and root/test)")
-    if train_list.classes is None:
-        notes.append("no class folders: unlabeled")
-
-    lists = [l for l in (train_list, test_list) if l is not None]
-    decoded = [_decode_all(l.files, size, on_corrupt, workers) for l in lists]
-    bad = [b for _, _, bl in decoded for b in bl]
+    if cache not in CACHE_MODES:
+        raise DataError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+    notes = list(notes or [])
+    splits, bad = [], []
+    for listing in (train, test):
+        if listing is None:
+            splits.append(None)
+            continue
+        split, dropped = index_listing(listing, on_corrupt, index_dir, threads, size)
+        splits.append(split)
+        bad += dropped
     if bad:
         count = f"skipped {len(bad)} unreadable images"
-        warnings.warn(f"{count} (first: {bad[0][0]}: {bad[0][1]}); set data.on_corrupt=error (Python: "
-                      f"on_corrupt='error') to stop instead", DataWarning, stacklevel=3)
-        notes.append(count)  # the summary counts them; the warning (once) names the first and the fix
-    all_gray = all(bool(g.all()) for _, g, _ in decoded)
-    skipped = {p for p, _ in bad}
-    splits: list[ImageArray] = []
-    for listing, (buf, _, _) in zip(lists, decoded):
-        keep = np.array([f not in skipped for f in listing.files], dtype=bool)
-        if not keep.any():
-            raise DataError(f"every image under {listing.files[0].parent} is unreadable; check the files")
-        if not keep.all():
-            buf = buf[keep]
-        x = np.ascontiguousarray(buf[..., :1]) if all_gray else buf
-        labels = None if listing.labels is None else np.asarray(listing.labels, dtype=np.int64)[keep]
-        splits.append(ImageArray(x.transpose(0, 3, 1, 2), labels, listing.classes))
-    train = splits[0]
-    return DataSplits(
-        train=train,
-        test=splits[1] if len(splits) > 1 else None,
-        name=root.resolve().name,
-        num_classes=len(train.classes) if train.classes is not None else None,
-        notes=notes,
-    )
+        warnings.warn(f"{count} (first: {bad[0]}); set data.on_corrupt=error (Python: on_corrupt='error') to stop "
+                      f"instead", DataWarning, stacklevel=3)
+        notes.append(count)
+    present = [s for s in splits if s is not None]
+    channels = 1 if all(bool(s.index.gray.all()) for s in present) else 3
+    for s in present:
+        s.channels = channels
+    if train.classes is None and train.labels is None:
+        notes.append("no class folders: unlabeled")
+    decoded = sum(len(s) for s in present) * channels * size * size
+    in_ram = cache == "ram" or (cache == "auto" and decoded <= ram_budget_mb * 2**20)
+    if in_ram:
+        arrays = []
+        for s in present:
+            array, dropped = s.to_ram()
+            arrays.append(array)
+            if dropped:
+                warnings.warn(f"skipped {len(dropped)} unreadable images (first: {dropped[0]}); set data.on_corrupt="
+                              f"error (Python: on_corrupt='error') to stop instead", DataWarning, stacklevel=3)
+                notes.append(f"skipped {len(dropped)} unreadable images")
+        ram = iter(arrays)
+        splits = [next(ram) if s is not None else None for s in splits]
+        if cache == "auto":
+            notes.append(f"cached in RAM at {size}px ({decoded / 2**20:.0f} MB <= data.ram_budget_mb; data.cache=none "
+                         f"streams full-resolution crops)")
+    else:
+        notes.append(f"streamed at full resolution, {size}px views")
+    num_classes = len(train.classes) if train.classes is not None else None
+    return DataSplits(train=splits[0], test=splits[1], name=name, num_classes=num_classes, notes=notes)
+
+
+def load_imagefolder(root: Path, image_size: int | None = None, on_corrupt: str = "skip",
+                     num_workers: int | None = None, cache: str = "ram", labels: str = "auto",
+                     index_dir: Path | None = None, ram_budget_mb: float = DEFAULT_RAM_BUDGET_MB) -> DataSplits:
+    """Load an ImageFolder tree: ``root/train`` (+ ``root/test`` or ``root/val``), class folders or
+    (``labels="none"``, or loose images) unlabeled images at any depth. ``cache`` as in the module
+    docstring (``"ram"`` here by default, the Python API's historical behaviour; the CLI's default
+    is ``auto``)."""
+    root = Path(root)
+    train_dir, test_dir, notes = split_folders(root)
+    train = list_folder(train_dir, labels, None, "train")
+    c2i = None if train.classes is None else {c: i for i, c in enumerate(train.classes)}
+    test = list_folder(test_dir, labels, c2i, test_dir.name) if test_dir is not None else None
+    return load_image_splits(train, test, root.resolve().name, image_size, on_corrupt, cache, ram_budget_mb,
+                             index_dir, num_workers, notes)

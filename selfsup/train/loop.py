@@ -85,8 +85,11 @@ def train_one_epoch(s: Session, e: EpochState, global_step: int, stop_step: int,
     start = global_step % steps
     end = min(steps, start + stop_step - global_step)
     s.model.train()
-    batches = Prefetcher(s.data.train, s.sampler, e.epoch, env.device, pin_memory=env.device.type == "cuda",
-                         start_step=start)
+    if s.stream is not None:  # streamed files: workers cut each view's crop from the full-resolution image
+        batches = s.stream.epoch(e.epoch, start)
+    else:  # in-RAM arrays: whole images, cropped with the views on the device
+        batches = Prefetcher(s.data.train, s.sampler, e.epoch, env.device, pin_memory=env.device.type == "cuda",
+                             start_step=start)
     rows = s.sampler.batches(e.epoch, start) if s.method.needs_indices else None  # the same rows, as indices
     last_save, t0 = time.monotonic(), time.perf_counter()
     for step, (x, y) in zip(range(start, end), batches):
@@ -102,6 +105,8 @@ def train_one_epoch(s: Session, e: EpochState, global_step: int, stop_step: int,
         if bar is not None:
             bar.update(1)
             bar.set_postfix(epoch=e.epoch + 1, loss=f"{values['loss']:.4f}")
+        if s.stream is not None:
+            e.replaced += s.stream.take_problems()
         if step + 1 < steps and _checkpoint_due(cfg, env, global_step, last_save):
             save_checkpoint(s, global_step, e)
             last_save = time.monotonic()
@@ -180,6 +185,13 @@ def end_epoch(s: Session, e: EpochState, global_step: int) -> None:
                            **e.logs, **{k: v / steps for k, v in _global_sums(e.sums, env).items()}, **e.last}
     if e.seen:
         row["online_acc"] = _global_mean(e.correct, e.seen, env)
+    if s.stream is not None:
+        replaced = _gather_lists(e.replaced, env)
+        row["replaced_images"] = len(replaced)
+        if replaced and env.is_main:
+            s.log(f"warning: epoch {e.epoch + 1}: {len(replaced)} unreadable images were replaced by the next readable "
+                  f"one: {'; '.join(replaced[:5])}{' ...' if len(replaced) > 5 else ''} (data.on_corrupt=error stops "
+                  f"instead)")
     if env.is_main:
         row["rankme"] = rankme(torch.cat(e.feats))
         emb = torch.cat(e.embs)
@@ -217,6 +229,15 @@ def _global_sums(sums: dict[str, float], env: Env) -> dict[str, float]:
     t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=env.device)
     torch.distributed.all_reduce(t)
     return dict(zip(keys, (t / env.world_size).tolist()))
+
+
+def _gather_lists(items: list[str], env: Env) -> list[str]:
+    """Every rank's ``items``, concatenated in rank order."""
+    if env.world_size == 1:
+        return list(items)
+    out: list = [None] * env.world_size
+    torch.distributed.all_gather_object(out, items)
+    return [x for part in out for x in part]
 
 
 def _global_mean(correct: int, seen: int, env: Env) -> float:

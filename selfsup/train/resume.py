@@ -35,7 +35,8 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "eval.json", "repo
 
 #: config keys that may differ on resume: they change neither the model nor the schedule
 RESUME_SAFE = ("eval.", "train.progress_bar", "train.checkpoint_every_minutes", "train.checkpoint_every_steps",
-               "train.device", "train.out_dir", "train.run_name", "data.path")
+               "train.device", "train.out_dir", "train.run_name", "data.path", "data.num_workers",
+               "data.prefetch", "data.index_dir")
 
 
 def claim_run_dir(run: Path, overwrite: bool) -> None:

@@ -15,7 +15,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from selfsup.config import ConfigError, Recipe
-from selfsup.data import DataSplits, EpochSampler, check_batch_size, load_data
+from selfsup.data import (DataSplits, EpochSampler, StreamLoader, StreamSplit, check_batch_size, default_num_workers,
+                          load_data_section)
 from selfsup.diagnostics import CollapseMonitor
 from selfsup.methods import METHODS, Method
 from selfsup.nets import build_backbone, feature_dim, online_probe
@@ -64,6 +65,7 @@ class Session:
     peak_lr: float
     meta: dict[str, Any]
     run: Path = Path()
+    stream: StreamLoader | None = None  # streamed image files: cuts the views' crops in worker processes
     metrics: list[dict[str, Any]] = field(default_factory=list)  # the rows written so far
     monitor: CollapseMonitor | None = None
     log: Callable = print
@@ -88,18 +90,19 @@ class EpochState:
     seen: int = 0
     feats: list[torch.Tensor] = field(default_factory=list)  # first rows of the epoch, for the spectra
     embs: list[torch.Tensor] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # unreadable images met this epoch ("path: error"), replaced
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "gen": self.gen.get_state(), "logs": self.logs, "sums": self.sums,
                 "last": self.last, "times": self.times, "correct": self.correct, "seen": self.seen,
-                "feats": [f.cpu() for f in self.feats], "embs": [e.cpu() for e in self.embs]}
+                "feats": [f.cpu() for f in self.feats], "embs": [e.cpu() for e in self.embs], "replaced": self.replaced}
 
     @classmethod
     def from_state(cls, s: dict[str, Any], device: torch.device) -> "EpochState":
         gen = torch.Generator()
         gen.set_state(s["gen"])
         return cls(s["epoch"], gen, s["logs"], s["sums"], s["last"], s["times"], s["correct"], s["seen"],
-                   [f.to(device) for f in s["feats"]], [e.to(device) for e in s["embs"]])
+                   [f.to(device) for f in s["feats"]], [e.to(device) for e in s["embs"]], list(s.get("replaced", [])))
 
 
 def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, method: Method | None,
@@ -109,8 +112,7 @@ def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, m
     autocast(cfg.train.precision, env.device)  # fails now, not after loading data, if impossible here
     seed_all(mix_seed(cfg.train.seed, env.rank))
 
-    data = data or load_data(cfg.data.path, format=cfg.data.format, image_size=cfg.data.image_size,
-                             on_corrupt=cfg.data.on_corrupt)
+    data = data or load_data_section(cfg.data)
     train_set = data.train
     if cfg.data.batch_size % env.world_size:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is the effective batch and must divide by the "
@@ -125,7 +127,8 @@ def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, m
     except ValueError as e:
         raise ConfigError(f"views.params: {e}") from None
     too_big = [v.size for v in views_fn.specs if v.size > size]
-    if too_big:
+    streamed = isinstance(train_set, StreamSplit)  # crops come from each full-resolution image, any size
+    if too_big and not streamed:
         raise ConfigError(f"views: crop size {max(too_big)} is larger than the {size}px images; lower views.params.size "
                           f"or raise data.image_size")
     labels_ok = train_set.labels is not None
@@ -144,12 +147,20 @@ def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, m
     probe_opt = torch.optim.Adam(probe.parameters(), lr=cfg.train.probe_lr) if probe else None
     sampler = EpochSampler(len(train_set), cfg.data.batch_size // env.world_size, env.rank, env.world_size,
                            cfg.train.seed)
+    stream = None
+    if streamed:
+        workers = default_num_workers() if cfg.data.num_workers == "auto" else cfg.data.num_workers
+        stream = StreamLoader(train_set, views_fn, sampler, cfg.train.seed, workers, cfg.data.prefetch, env.device,
+                              env.rank, env.world_size)
+        if env.is_main:
+            log(f"streaming {len(train_set)} images at full resolution: {workers} loader processes x "
+                f"{cfg.data.prefetch} batches in flight")
     meta = {"channels": channels, "image_size": size, "mean": list(mean), "std": list(std),
             "feat_dim": method.feat_dim, "num_classes": num_classes, "data": data.summary()}
     return Session(cfg, env, data, views_fn, method, _ddp(method, env), opt,
                    torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16"), probe,
                    _ddp(probe, env) if probe is not None else None, probe_opt, sampler,
-                   scaled_lr(cfg.optim.lr, cfg.data.batch_size, cfg.optim.lr_scaling), meta, log=log)
+                   scaled_lr(cfg.optim.lr, cfg.data.batch_size, cfg.optim.lr_scaling), meta, stream=stream, log=log)
 
 
 def _ddp(module: nn.Module, env: Env) -> nn.Module:

@@ -31,11 +31,13 @@ from selfsup.views.ops import (
 from selfsup.views.per_image import TorchvisionViews, torchvision_view, torchvision_views
 from selfsup.views.pipelines import (
     VIEW_KINDS,
+    Crops,
     MultiView,
     ViewParams,
     ViewSpec,
     apply_view,
     build_views,
+    finish_view,
     byol_views,
     default_mean_std,
     local_crop_size,
@@ -50,6 +52,7 @@ from selfsup.views.pipelines import (
 
 __all__ = [
     "VIEW_KINDS",
+    "Crops",
     "JitterParams",
     "MultiView",
     "TorchvisionViews",
@@ -67,6 +70,7 @@ __all__ = [
     "color_jitter",
     "crop_theta",
     "default_mean_std",
+    "finish_view",
     "gaussian_blur",
     "gaussian_kernels",
     "local_crop_size",

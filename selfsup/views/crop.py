@@ -38,8 +38,8 @@ def sample_apply(batch: int, p: float, generator: torch.Generator) -> Tensor:
 
 def sample_crop_params(
     batch: int,
-    height: int,
-    width: int,
+    height: int | Tensor,
+    width: int | Tensor,
     scale: tuple[float, float],
     ratio: tuple[float, float],
     generator: torch.Generator,
@@ -53,40 +53,41 @@ def sample_crop_params(
     placed uniformly. Samples with no fitting candidate fall back to the largest centred
     crop whose aspect ratio is clamped to ``ratio`` (torchvision's fallback).
 
-    Returns a CPU ``Tensor[B, 4]`` (int64) of ``(top, left, h, w)`` in input pixels.
+    ``height`` and ``width`` are one size for the batch (in-RAM squares) or per-sample
+    ``Tensor[B]`` (each image's true size, for full-resolution streaming); the random draws are
+    the same either way. Returns a CPU ``Tensor[B, 4]`` (int64) of ``(top, left, h, w)`` in
+    input pixels.
     """
     check_generator(generator)
-    if height <= 0 or width <= 0:
+    hgt = torch.as_tensor(height, dtype=torch.float64).expand(batch).clone()
+    wid = torch.as_tensor(width, dtype=torch.float64).expand(batch).clone()
+    if batch and (hgt.min() <= 0 or wid.min() <= 0):
         raise ValueError(f"image size must be positive, got height={height}, width={width}")
     _check_range("scale", scale)
     _check_range("ratio", ratio)
-    area = float(height * width)
+    area = (hgt * wid)[:, None]
     u = torch.rand(batch, tries, 2, generator=generator, dtype=torch.float64)
     target_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
     w = torch.round(torch.sqrt(target_area * aspect))
     h = torch.round(torch.sqrt(target_area / aspect))
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    valid = (w > 0) & (w <= wid[:, None]) & (h > 0) & (h <= hgt[:, None])
     first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of first valid try
     found = valid.any(dim=1)
     w = w.gather(1, first).squeeze(1)
     h = h.gather(1, first).squeeze(1)
     # torchvision's fallback: centre crop with the aspect ratio clamped into `ratio`.
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        fw, fh = int(round(height * ratio[1])), height
-    else:
-        fw, fh = width, height
-    w = torch.where(found, w, torch.full_like(w, fw))
-    h = torch.where(found, h, torch.full_like(h, fh))
+    in_ratio = wid / hgt
+    fw = torch.where(in_ratio > ratio[1], torch.round(hgt * ratio[1]), wid)
+    fh = torch.where(in_ratio < ratio[0], torch.round(wid / ratio[0]), hgt)
+    w = torch.where(found, w, fw)
+    h = torch.where(found, h, fh)
     pos = torch.rand(batch, 2, generator=generator, dtype=torch.float64)
-    top = torch.minimum(torch.floor(pos[:, 0] * (height - h + 1)), height - h)
-    left = torch.minimum(torch.floor(pos[:, 1] * (width - w + 1)), width - w)
-    top = torch.where(found, top, torch.div(height - h, 2, rounding_mode="floor"))
-    left = torch.where(found, left, torch.div(width - w, 2, rounding_mode="floor"))
+    top = torch.minimum(torch.floor(pos[:, 0] * (hgt - h + 1)), hgt - h)
+    left = torch.minimum(torch.floor(pos[:, 1] * (wid - w + 1)), wid - w)
+    top = torch.where(found, top, torch.floor((hgt - h) / 2))
+    left = torch.where(found, left, torch.floor((wid - w) / 2))
     return torch.stack([top, left, h, w], dim=1).long()
 
 

@@ -26,8 +26,10 @@ from selfsup.views.ops import blur_kernel_size, gaussian_blur, normalize, sample
 __all__ = [
     "ViewSpec",
     "ViewParams",
+    "Crops",
     "sample_view_params",
     "apply_view",
+    "finish_view",
     "MultiView",
     "default_mean_std",
     "mean_std_of",
@@ -121,8 +123,10 @@ class ViewParams(NamedTuple):
     solarize: Tensor  # [B] bool
 
 
-def sample_view_params(spec: ViewSpec, batch: int, height: int, width: int, generator: torch.Generator) -> ViewParams:
-    """Draw every random parameter of a view on the CPU, in a fixed order."""
+def sample_view_params(spec: ViewSpec, batch: int, height: int | Tensor, width: int | Tensor,
+                       generator: torch.Generator) -> ViewParams:
+    """Draw every random parameter of a view on the CPU, in a fixed order (``height``/``width``: one
+    size, or per-sample ``Tensor[B]`` true sizes, see :func:`sample_crop_params`)."""
     check_generator(generator)
     boxes = sample_crop_params(batch, height, width, spec.scale, spec.ratio, generator)
     flip = sample_apply(batch, spec.flip_p, generator)
@@ -178,7 +182,12 @@ def apply_view(
     params = sample_view_params(spec, b * world, h, w, generator)
     if world > 1:
         params = _rows_of(params, slice(rank * b, (rank + 1) * b))
-    out = resized_crop_flip(xf, params.boxes, params.flip, spec.size)
+    return _photometric(resized_crop_flip(xf, params.boxes, params.flip, spec.size), spec, params, mean, std)
+
+
+def _photometric(out: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Jitter, grayscale, blur, solarize, normalise a cropped view (float [0, 1], a fresh tensor)."""
+    c = out.shape[1]
     out = color_jitter(out, params.jitter)
     if spec.gray_p > 0 and c == 3:
         out = random_grayscale(out, params.gray)
@@ -188,6 +197,30 @@ def apply_view(
         out = solarize(out, params.solarize)
     # `out` is always a fresh tensor (grid_sample output or later), so normalise in place.
     return normalize(out, mean, std, inplace=True)
+
+
+def finish_view(crop: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """The view from a crop already cut and resized elsewhere (the streaming loader's workers):
+    ``crop`` is uint8 ``Tensor[B, C, size, size]`` of the boxes ``params.boxes``, unflipped; this
+    flips where ``params.flip`` and applies the photometric part of ``spec`` with ``params``."""
+    out = _to_unit_float(crop)
+    if out is crop:
+        out = out.clone()
+    if out.shape[-1] != spec.size or out.shape[-2] != spec.size:
+        raise ValueError(f"crop is {tuple(out.shape[-2:])} but the view is {spec.size}px; cut it at the view's size")
+    flip = params.flip.to(out.device)
+    if bool(flip.any()):
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return _photometric(out, spec, params, mean, std)
+
+
+class Crops(NamedTuple):
+    """A batch whose views were cut in the data loader: one uint8 ``Tensor[B, C, s_v, s_v]`` per view
+    (globals first) and each view's parameters, drawn in the main process (see
+    :meth:`MultiView.sample_params`). :class:`MultiView` turns it into views."""
+
+    crops: list[Tensor]
+    params: list[ViewParams]
 
 
 class MultiView:
@@ -232,8 +265,16 @@ class MultiView:
         """All view specs, globals first."""
         return self.global_views + self.local_views
 
-    def __call__(self, x: Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> list[Tensor]:
-        """The views of ``x``; ``shard=(rank, world)`` as in :func:`apply_view`."""
+    def __call__(self, x: Tensor | Crops, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> list[Tensor]:
+        """The views of ``x``; ``shard=(rank, world)`` as in :func:`apply_view`.
+
+        ``x`` is a uint8 batch (cropped here, with parameters drawn from ``generator``) or
+        :class:`Crops` from the streaming loader (already cut; ``generator`` is unused, the
+        parameters travel with the crops)."""
+        if isinstance(x, Crops):
+            if len(x.crops) != len(self.specs) or len(x.params) != len(self.specs):
+                raise ValueError(f"got {len(x.crops)} crops for {len(self.specs)} views; cut them with these views")
+            return [finish_view(c, spec, p, self.mean, self.std) for c, spec, p in zip(x.crops, self.specs, x.params)]
         xf = _to_unit_float(x)
         if xf.shape[1] != len(self.mean):
             raise ValueError(
@@ -241,6 +282,22 @@ class MultiView:
                 "rebuild with matching channels/mean/std"
             )
         return [apply_view(xf, spec, self.mean, self.std, generator, shard) for spec in self.specs]
+
+    def sample_params(self, heights: Tensor, widths: Tensor, generator: torch.Generator,
+                      shard: tuple[int, int] = (0, 1)) -> list[ViewParams]:
+        """Every view's parameters for a global batch of images of true sizes ``heights x widths``
+        (``Tensor[B_global]`` each), drawn from ``generator`` in view order; the rows of ``shard``'s
+        rank are kept. Crop boxes are in each image's own pixels (full-resolution streaming)."""
+        n = int(heights.shape[0])
+        rank, world = shard
+        if n % world:
+            raise ValueError(f"a global batch of {n} does not split over {world} processes")
+        b = n // world
+        out = []
+        for spec in self.specs:
+            p = sample_view_params(spec, n, heights, widths, generator)
+            out.append(_rows_of(p, slice(rank * b, (rank + 1) * b)) if world > 1 else p)
+        return out
 
     def __repr__(self) -> str:
         specs = ",\n  ".join(repr(s) for s in self.specs)

@@ -1,0 +1,305 @@
+"""Streaming image datasets at full resolution: :class:`StreamSplit` and :class:`StreamLoader`.
+
+Training (cookbook, "Speeding up training": decoding and augmentation are the bottleneck):
+
+1. the main process draws every view's parameters for the global batch from a generator seeded
+   by ``(seed, epoch, step)``, crop boxes in each image's *true* size (RandomResizedCrop from the
+   full image, as the papers do);
+2. the boxes travel to ``num_workers`` worker processes with the indices; each worker decodes its
+   batch (libjpeg DCT scaling when every crop is >= 2x its output), cuts and resizes every view;
+3. the uint8 crops come back (pinned, ``prefetch`` batches per worker in flight: memory is bounded
+   by workers x prefetch x batch, not by the dataset) and :class:`~selfsup.views.MultiView` applies
+   flip, colour, blur, solarize and normalisation batched on the device.
+
+Nothing random happens in a worker, so the views are the same bit for bit for any number of
+workers, and a mid-epoch resume replays exactly the remaining steps.
+
+Evaluation uses :meth:`StreamSplit.batch`: the standard resize-then-centre-crop (shorter side to
+``image_size / 0.875``), decoded by a thread pool, so every evaluator works on streamed data.
+Unreadable files found while training are replaced by a deterministic substitute (the next
+readable image, same box scaled to its size) and reported; ``on_corrupt="error"`` stops instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from selfsup.seeds import mix_seed
+
+from .decode import DECODE_ERRORS, Header, cut, decode, decode_error, draft_factor, resize_center
+from .errors import DataError
+from .index import ImageIndex
+from .readers import Reader
+
+__all__ = ["StreamSplit", "StreamLoader", "EVAL_CROP_RATIO", "VIEW_SEED_SALT", "default_num_workers"]
+
+#: the standard evaluation transform: resize the shorter side to size / 0.875 (256 for 224), centre crop
+EVAL_CROP_RATIO = 0.875
+#: the last part of the per-step view seed ``mix_seed(seed, epoch, step, VIEW_SEED_SALT)``
+VIEW_SEED_SALT = 0x5EED
+_SUBSTITUTE_TRIES = 64
+
+
+def default_num_workers() -> int:
+    """Loader worker processes for ``data.num_workers=auto``: the CPUs this process may use, at most 8,
+    divided among the processes of this machine under torchrun."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, cpus // max(1, local)))
+
+
+@dataclass
+class StreamSplit:
+    """A split of encoded images read on demand: a reader, its index, labels, and the output size.
+
+    Has :class:`~selfsup.data.ImageArray`'s interface for evaluation (``len``, ``channels``,
+    ``image_size``, ``labels``, ``classes``, ``batch(idx)``), where ``batch`` decodes with the
+    evaluation transform; training goes through :class:`StreamLoader`.
+    """
+
+    reader: Reader
+    index: ImageIndex
+    image_size: int
+    labels: torch.Tensor | None = None
+    classes: list[str] | None = None
+    on_corrupt: str = "skip"
+    threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    channels: int = 0  # 0: 1 when every image is grayscale, else 3
+
+    def __post_init__(self) -> None:
+        if len(self.reader) != len(self.index):
+            raise DataError(f"the reader has {len(self.reader)} images but the index {len(self.index)}; rebuild the index")
+        if self.labels is not None:
+            self.labels = torch.as_tensor(np.asarray(self.labels), dtype=torch.int64).reshape(-1)
+            if self.labels.numel() != len(self):
+                raise DataError(f"{len(self)} images but {self.labels.numel()} labels; give one label per image")
+        if not self.channels:
+            self.channels = 1 if len(self.index) and bool(self.index.gray.all()) else 3
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def labeled(self) -> bool:
+        return self.labels is not None
+
+    def __getstate__(self) -> dict[str, Any]:  # workers get no thread pool
+        state = dict(self.__dict__)
+        state["_pool"] = None
+        return state
+
+    # -- decoding with substitutes ---------------------------------------------------------------
+    def decode(self, i: int, reduce: int = 1) -> tuple[torch.Tensor, Header, int, str | None]:
+        """Decode image ``i`` (or, if it is unreadable, its substitute): ``(uint8 [C, H', W'], header
+        of the image decoded, its row, None or "path: error")``. Raises :class:`DataError` for an
+        unreadable file when ``on_corrupt="error"``."""
+        problem = None
+        n = len(self)
+        for k in range(min(n, _SUBSTITUTE_TRIES)):
+            j = (i + k) % n
+            head = self.index.header(j)
+            try:
+                return decode(self.reader.read(j), head, self.channels, reduce if k == 0 else 1), head, j, problem
+            except DECODE_ERRORS as e:
+                if self.on_corrupt == "error":
+                    raise DataError(f"cannot read image {self.reader.name(j)} ({decode_error(e)}); fix or delete it, "
+                                    f"or set data.on_corrupt=skip to replace unreadable images") from None
+                problem = problem or f"{self.reader.name(j)}: {decode_error(e)}"
+        raise DataError(f"{_SUBSTITUTE_TRIES} images in a row from {self.reader.name(i)} are unreadable; check the files")
+
+    def cut_views(self, i: int, boxes: torch.Tensor, sizes: list[int]) -> tuple[list[torch.Tensor], str | None]:
+        """Image ``i``'s views: ``boxes`` ``[V, 4]`` (full-resolution oriented pixels), resized to ``sizes``."""
+        head = self.index.header(i)
+        ratio = float(torch.minimum(boxes[:, 2], boxes[:, 3]).div(torch.tensor(sizes, dtype=torch.float64)).min())
+        x, used, j, problem = self.decode(i, draft_factor(ratio))
+        if j != i:  # the substitute: the same boxes, scaled to its size
+            scale = torch.tensor([used.height / head.height, used.width / head.width] * 2, dtype=torch.float64)
+            boxes = (boxes.to(torch.float64) * scale).round().long()
+        return cut(x, used, boxes, sizes), problem
+
+    def eval_image(self, i: int, resize_to: int | None = None) -> tuple[torch.Tensor, str | None]:
+        """Image ``i`` with the evaluation transform (shorter side to ``resize_to``, default
+        ``image_size / 0.875``, then a centre ``image_size`` crop)."""
+        size = self.image_size
+        resize_to = resize_to or int(round(size / EVAL_CROP_RATIO))
+        head = self.index.header(i)
+        x, _, j, problem = self.decode(i, draft_factor(min(head.width, head.height) / resize_to))
+        if j != i:  # the substitute, as it is evaluated itself
+            return self.eval_image(j, resize_to)[0], problem
+        return resize_center(x, resize_to, size), problem
+
+    def batch(self, idx: torch.Tensor, resize_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows ``idx`` with the evaluation transform: ``(uint8 [B, C, S, S], int64 [B] labels or None)``."""
+        rows = torch.as_tensor(idx, dtype=torch.int64).reshape(-1).tolist()
+        if self._pool is None and self.threads > 1:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads)  # PIL and torch release the GIL
+        work = lambda i: self.eval_image(i, resize_to)[0]  # noqa: E731
+        imgs = list(self._pool.map(work, rows)) if self._pool is not None and len(rows) > 1 else [work(i) for i in rows]
+        x = torch.stack(imgs) if imgs else torch.empty(0, self.channels, self.image_size, self.image_size,
+                                                       dtype=torch.uint8)
+        return x, (self.labels[rows] if self.labels is not None else None)
+
+    def to_ram(self, resize_to: int | None = None):
+        """Decode every image (shorter side to ``resize_to``, default ``image_size``, centre crop) into
+        an in-RAM :class:`~selfsup.data.ImageArray`: ``data.cache=ram``. Unreadable images are
+        dropped (``on_corrupt="skip"``) and returned as ``[(path, error), ...]``."""
+        from .arrays import ImageArray
+
+        n, s = len(self), self.image_size
+        buf = torch.empty((n, self.channels, s, s), dtype=torch.uint8)
+        keep = np.ones(n, dtype=bool)
+        bad: list[tuple[int, str]] = []
+
+        def work(i: int) -> None:
+            head = self.index.header(i)
+            try:
+                x = decode(self.reader.read(i), head, self.channels, draft_factor(min(head.width, head.height) / s))
+            except DECODE_ERRORS as e:
+                if self.on_corrupt == "error":
+                    raise DataError(f"cannot read image {self.reader.name(i)} ({decode_error(e)}); fix or delete it, "
+                                    f"or set data.on_corrupt=skip to skip unreadable images") from None
+                keep[i] = False
+                bad.append((i, f"{self.reader.name(i)}: {decode_error(e)}"))
+                return
+            buf[i] = resize_center(x, resize_to or s, s)
+
+        if self.threads > 1 and n > 1:
+            with ThreadPoolExecutor(max_workers=self.threads) as pool:
+                list(pool.map(work, range(n), chunksize=32))
+        else:
+            for i in range(n):
+                work(i)
+        if not keep.any():
+            raise DataError(f"every image of {self.reader.name(0)}'s split is unreadable; check the files")
+        labels = self.labels[torch.from_numpy(keep)] if self.labels is not None else None
+        images = buf if keep.all() else buf[torch.from_numpy(keep)]
+        return ImageArray(images, labels, self.classes), [msg for _, msg in sorted(bad)]
+
+
+class _StepTask:
+    """One step's work for a worker: rows, and each view's boxes and parameters (carried back)."""
+
+    __slots__ = ("step", "rows", "boxes", "params")
+
+    def __init__(self, step: int, rows: list[int], boxes: torch.Tensor, params: list) -> None:
+        self.step, self.rows, self.boxes, self.params = step, rows, boxes, params
+
+
+class _TaskSampler:
+    """Runs in the main process: yields one :class:`_StepTask` per step (as a one-item batch)."""
+
+    def __init__(self, loader: "StreamLoader", epoch: int, start_step: int) -> None:
+        self.loader, self.epoch, self.start = loader, epoch, start_step
+
+    def __len__(self) -> int:
+        return self.loader.sampler.steps_per_epoch - self.start
+
+    def __iter__(self) -> Iterator[list[_StepTask]]:
+        ld = self.loader
+        for step in range(self.start, ld.sampler.steps_per_epoch):
+            yield [ld.task(self.epoch, step)]
+
+
+class _CutDataset(torch.utils.data.Dataset):
+    """What a worker runs: decode a step's rows and cut their views."""
+
+    def __init__(self, split: StreamSplit, sizes: list[int]) -> None:
+        self.split, self.sizes = split, sizes
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, task: _StepTask) -> dict[str, Any]:
+        split, views = self.split, [[] for _ in self.sizes]
+        problems = []
+        try:
+            for r, i in enumerate(task.rows):
+                crops, problem = split.cut_views(i, task.boxes[:, r], self.sizes)
+                for v, c in enumerate(crops):
+                    views[v].append(c)
+                if problem:
+                    problems.append(problem)
+        except DataError as e:  # passed back and raised in the main process as one line
+            return {"step": task.step, "fatal": str(e)}
+        y = split.labels[task.rows] if split.labels is not None else None
+        return {"step": task.step, "crops": [torch.stack(v) for v in views], "labels": y, "params": task.params,
+                "problems": problems}
+
+
+def _first(items: list) -> Any:
+    return items[0]
+
+
+class StreamLoader:
+    """Training batches of a :class:`StreamSplit`: ``(Crops on device, labels)`` per step.
+
+    ``views`` is the run's :class:`~selfsup.views.MultiView` (it draws the parameters),
+    ``sampler`` the run's :class:`~selfsup.data.EpochSampler` (rows and sharding), ``seed`` the
+    run's seed. ``num_workers=0`` decodes in the calling process.
+    """
+
+    def __init__(self, split: StreamSplit, views, sampler, seed: int, num_workers: int = 2, prefetch: int = 2,
+                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> None:
+        if len(split) != sampler.n:
+            raise DataError(f"the sampler is for {sampler.n} rows but the split has {len(split)}; rebuild the sampler")
+        self.split, self.views, self.sampler, self.seed = split, views, sampler, seed
+        self.num_workers, self.prefetch = int(num_workers), max(1, int(prefetch))
+        self.device, self.rank, self.world_size = torch.device(device), rank, world_size
+        self.sizes = [spec.size for spec in views.specs]
+        self.heights = torch.from_numpy(split.index.height.astype(np.int64))
+        self.widths = torch.from_numpy(split.index.width.astype(np.int64))
+        self.problems: list[str] = []  # unreadable files replaced since the last take_problems() (this rank)
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def generator(self, epoch: int, step: int) -> torch.Generator:
+        """The generator of step ``step``'s view parameters: its own seed, so any step can be replayed."""
+        return torch.Generator().manual_seed(mix_seed(self.seed, epoch, step, VIEW_SEED_SALT))
+
+    def task(self, epoch: int, step: int) -> _StepTask:
+        """Draw step ``step``'s parameters for the global batch and keep this rank's rows."""
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, self.sampler.permutation(epoch))
+        g = self.sampler.global_batch_size
+        rows = self._perm[1][step * g : (step + 1) * g]
+        params = self.views.sample_params(self.heights[rows], self.widths[rows], self.generator(epoch, step),
+                                          (self.rank, self.world_size))
+        b = self.sampler.batch_size
+        mine = rows[self.rank * b : (self.rank + 1) * b]
+        boxes = torch.stack([p.boxes for p in params])  # [V, b, 4]
+        return _StepTask(step, mine.tolist(), boxes, params)
+
+    def take_problems(self) -> list[str]:
+        """The unreadable files replaced since the last call (``"path: error"``), and forget them."""
+        out, self.problems = self.problems, []
+        return out
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Any, torch.Tensor | None]]:
+        """Yield ``(Crops, labels)`` on the device for steps ``start_step ..`` of ``epoch``."""
+        from selfsup.views import Crops
+
+        if not 0 <= start_step <= self.sampler.steps_per_epoch:
+            raise DataError(f"start_step must be in 0..{self.sampler.steps_per_epoch}, got {start_step}")
+        pin = self.device.type == "cuda"
+        kwargs = dict(num_workers=self.num_workers, collate_fn=_first, pin_memory=pin)
+        if self.num_workers > 0:
+            kwargs.update(prefetch_factor=self.prefetch, persistent_workers=False)
+        dl = torch.utils.data.DataLoader(_CutDataset(self.split, self.sizes),
+                                         batch_sampler=_TaskSampler(self, epoch, start_step), **kwargs)
+        for out in dl:
+            if "fatal" in out:
+                raise DataError(out["fatal"])
+            self.problems += out["problems"]
+            crops = [c.to(self.device, non_blocking=pin) for c in out["crops"]]
+            y = out["labels"].to(self.device, non_blocking=pin) if out["labels"] is not None else None
+            yield Crops(crops, out["params"]), y
