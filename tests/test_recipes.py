@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from selfsup.config import RECIPE_DIR, Recipe, load_recipe, to_dict
+from selfsup.config import RECIPE_DIR, Recipe, list_recipes, load_recipe, to_dict
 from selfsup.methods import METHODS
 from selfsup.views import MultiView, build_views
 
@@ -340,3 +340,11 @@ def test_mocov2_and_msf_decay_every_parameter(name: str) -> None:
     split = build_method(load_recipe(name, tiny + ["method.decay_all=false"]), 1, 16).param_groups()
     assert [g.get("no_decay", False) for g in split] == [False, True]
     assert all(p.ndim <= 1 for p in split[1]["params"]) and all(p.ndim > 1 for p in split[0]["params"])
+
+
+@pytest.mark.parametrize("recipe", sorted(r for r, _ in list_recipes() if not r.endswith("_digits")))
+def test_paper_recipes_stream_image_files_at_full_resolution(recipe: str) -> None:
+    """Paper recipes sample RandomResizedCrop from the full-resolution image (SimCLR App. A, BYOL
+    App. B, DINO Sec. 3.1 all crop the original ImageNet image): image files stream (data.cache=none)
+    instead of being decoded once into image_size squares."""
+    assert load_recipe(recipe).data.cache == "none"
