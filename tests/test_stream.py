@@ -46,8 +46,9 @@ def jpeg_folder(root, n: int, classes: int = 2, sizes=((90, 70), (60, 80), (120,
         photo(w, h, i).save(p, quality=90)
 
 
-def _epoch(split, views, batch, workers, start=0, seed=0):
-    loader = StreamLoader(split, views, EpochSampler(len(split), batch, seed=seed), seed, num_workers=workers)
+def _epoch(split, views, batch, workers, start=0, seed=0, finish=False):
+    loader = StreamLoader(split, views, EpochSampler(len(split), batch, seed=seed), seed, num_workers=workers,
+                          finish_in_workers=finish)
     return list(loader.epoch(0, start))
 
 
@@ -66,11 +67,20 @@ def test_views_identical_for_0_1_2_workers(tmp_path):
             assert all(torch.equal(a, b) for a, b in zip(ca.crops, cb.crops))
             assert torch.equal(ya, yb)
             assert all(torch.equal(a.boxes, b.boxes) for a, b in zip(ca.params, cb.params))
-    # the views made from the crops are the same too, and differ between steps
-    va = views(runs[0][1][0], torch.Generator())
-    vb = views(runs[2][1][0], torch.Generator())
-    assert all(torch.equal(a, b) for a, b in zip(va, vb)) and [v.shape[-1] for v in va] == [32, 32, 16, 16]
     assert not torch.equal(runs[0][0][0].crops[0], runs[0][1][0].crops[0])
+    # views finished in the workers (CPU training) are the same bit for bit for any worker count
+    ready = [_epoch(split, views, 8, w, finish=True) for w in (0, 1, 2)]
+    for other in ready[1:]:
+        for (va, _), (vb, _) in zip(ready[0], other):
+            assert all(torch.equal(a, b) for a, b in zip(va.views, vb.views))
+    assert [v.shape[-1] for v in ready[0][0][0].views] == [32, 32, 16, 16]
+    with torch.no_grad():
+        torch.set_num_threads(1)
+        try:
+            in_main = views(runs[0][1][0], torch.Generator())  # the same crops finished here
+        finally:
+            torch.set_num_threads(2)
+    assert all(torch.equal(a, b) for a, b in zip(in_main, ready[2][1][0].views))
     # a resumed epoch replays the tail exactly
     tail = _epoch(split, views, 8, 0, start=2)
     assert all(torch.equal(a, b) for a, b in zip(tail[0][0].crops, runs[0][2][0].crops))
@@ -80,9 +90,9 @@ def test_sharded_ranks_see_the_global_batch_views(tmp_path):
     jpeg_folder(tmp_path / "d", 16)
     split = load_data(tmp_path / "d", image_size=24, cache="none").train
     views = build_views("simclr", 24, 3)
-    whole = list(StreamLoader(split, views, EpochSampler(16, 8), 0, num_workers=0).epoch(0))
+    whole = list(StreamLoader(split, views, EpochSampler(16, 8), 0, num_workers=0, finish_in_workers=False).epoch(0))
     parts = [list(StreamLoader(split, views, EpochSampler(16, 4, rank=r, world_size=2), 0, num_workers=0,
-                               rank=r, world_size=2).epoch(0)) for r in (0, 1)]
+                               rank=r, world_size=2, finish_in_workers=False).epoch(0)) for r in (0, 1)]
     for step in range(2):
         for v in range(2):
             joined = torch.cat([parts[0][step][0].crops[v], parts[1][step][0].crops[v]])
@@ -329,8 +339,7 @@ def test_streaming_memory_does_not_grow_with_the_dataset(tmp_path):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         n = 0
         for crops, _ in StreamLoader(split, views, EpochSampler(len(split), 16), 0, num_workers=2).epoch(0):
-            views(crops, torch.Generator())
-            n += crops.crops[0].shape[0]
+            n += views(crops, torch.Generator())[0].shape[0]
         print(json.dumps({{"n": n, "self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                           "before_kb": before, "workers_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}}))
     """)

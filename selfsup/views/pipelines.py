@@ -27,6 +27,7 @@ __all__ = [
     "ViewSpec",
     "ViewParams",
     "Crops",
+    "ReadyViews",
     "sample_view_params",
     "apply_view",
     "finish_view",
@@ -214,6 +215,14 @@ def finish_view(crop: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence
     return _photometric(out, spec, params, mean, std)
 
 
+class ReadyViews(NamedTuple):
+    """Views already finished by the streaming loader's worker processes (CPU training: the
+    workers run the photometric part too, with the parameters drawn in the main process).
+    :class:`MultiView` returns them unchanged."""
+
+    views: list[Tensor]
+
+
 class Crops(NamedTuple):
     """A batch whose views were cut in the data loader: one uint8 ``Tensor[B, C, s_v, s_v]`` per view
     (globals first) and each view's parameters, drawn in the main process (see
@@ -270,7 +279,9 @@ class MultiView:
 
         ``x`` is a uint8 batch (cropped here, with parameters drawn from ``generator``) or
         :class:`Crops` from the streaming loader (already cut; ``generator`` is unused, the
-        parameters travel with the crops)."""
+        parameters travel with the crops); or :class:`ReadyViews`, returned as they are."""
+        if isinstance(x, ReadyViews):
+            return list(x.views)
         if isinstance(x, Crops):
             if len(x.crops) != len(self.specs) or len(x.params) != len(self.specs):
                 raise ValueError(f"got {len(x.crops)} crops for {len(self.specs)} views; cut them with these views")
