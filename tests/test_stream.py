@@ -350,3 +350,21 @@ def test_streaming_memory_does_not_grow_with_the_dataset(tmp_path):
     assert r["n"] == 160
     assert r["self_kb"] - r["before_kb"] < 120_000, r  # the main process grows by < 120 MB
     assert r["workers_kb"] < r["self_kb"] + 120_000, r  # each worker stays near the main process's size
+
+
+def test_finish_view_flips_and_normalises_like_the_in_ram_path():
+    """finish_view on crops cut elsewhere == apply_view's crop+flip+photometric, when the crop is the
+    whole image at the output size (so both paths see the same pixels)."""
+    from selfsup.views import ViewSpec, apply_view, finish_view, sample_view_params
+
+    x = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8)
+    spec = ViewSpec(size=12, scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter=(0.4, 0.4, 0.2, 0.1, 0.8), gray_p=0.3,
+                    blur_p=0.5, blur_kernel=3, solarize_p=0.3)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    params = sample_view_params(spec, 6, 12, 12, torch.Generator().manual_seed(3))
+    assert params.flip.any() and not params.flip.all()
+    expected = apply_view(x, spec, mean, std, torch.Generator().manual_seed(3))
+    got = finish_view(x, spec, params, mean, std)
+    assert torch.allclose(got, expected, atol=1e-5)
+    unflipped = finish_view(x, spec, params._replace(flip=torch.zeros(6, dtype=torch.bool)), mean, std)
+    assert not torch.allclose(unflipped, expected, atol=1e-3)

@@ -147,13 +147,14 @@ def sample_jitter_params(
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def color_jitter(x: Tensor, params: JitterParams) -> Tensor:
+def color_jitter(x: Tensor, params: JitterParams, inplace: bool = False) -> Tensor:
     """Apply brightness/contrast/saturation/hue in a random order per sample.
 
     In round ``r`` (of 4), op ``k`` is applied to the samples with ``order[:, r] == k``
     (and ``apply``), so every jittered sample gets each op once in its own order, and the
     total work is that of 4 ops on the jittered samples. Index sets are computed on the
     CPU (where the parameters live), so CUDA inputs need no device->host sync.
+    ``inplace=True`` writes into ``x`` (saves a copy when the caller owns it).
     """
     factors, order, apply, enabled = params
     factors, order, apply = factors.cpu(), order.cpu(), apply.cpu()
@@ -161,7 +162,7 @@ def color_jitter(x: Tensor, params: JitterParams) -> Tensor:
         raise ValueError(f"jitter params are for batch {apply.shape[0]}, images have batch {x.shape[0]}")
     if not bool(apply.any()) or not any(enabled):
         return x
-    out = x.clone()
+    out = x if inplace else x.clone()
     for r in range(4):
         for k, op in enumerate(_JITTER_OPS):
             if not enabled[k] or (k >= 2 and x.shape[-3] == 1):
@@ -174,9 +175,16 @@ def color_jitter(x: Tensor, params: JitterParams) -> Tensor:
     return out
 
 
-def random_grayscale(x: Tensor, apply: Tensor) -> Tensor:
-    """Replace the samples where ``apply`` is True by their luma, repeated on all channels."""
+def random_grayscale(x: Tensor, apply: Tensor, inplace: bool = False) -> Tensor:
+    """Replace the samples where ``apply`` is True by their luma, repeated on all channels
+    (``inplace=True``: in ``x``, converting only those samples)."""
     if x.shape[-3] == 1:
+        return x
+    if inplace:
+        idx = torch.nonzero(apply.cpu()).squeeze(1)
+        if idx.numel():
+            dev_idx = idx.to(x.device, non_blocking=True)
+            x.index_copy_(0, dev_idx, rgb_to_grayscale(x.index_select(0, dev_idx)).expand(-1, 3, -1, -1))
         return x
     mask = apply.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
     return torch.where(mask, rgb_to_grayscale(x).expand_as(x), x)

@@ -111,11 +111,13 @@ def _blur_all(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     return y.view(b, c, h, w)
 
 
-def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, apply: Tensor | None = None) -> Tensor:
+def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, apply: Tensor | None = None,
+                  inplace: bool = False) -> Tensor:
     """Per-sample Gaussian blur with reflect padding (as torchvision ``gaussian_blur``).
 
     ``sigma: Tensor[B]``; ``apply: Tensor[B]`` bool selects the samples to blur (others are
     returned unchanged, and cost nothing). Uses a grouped (depthwise) separable conv.
+    ``inplace=True`` writes the blurred samples into ``x`` (no copy of the others).
     """
     if sigma.shape != (x.shape[0],):
         raise ValueError(f"sigma must be Tensor[{x.shape[0]}], got {tuple(sigma.shape)}")
@@ -128,7 +130,8 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, apply: Tensor | No
         return _blur_all(x, sigma, kernel_size)
     idx = torch.nonzero(apply).squeeze(1)
     dev_idx = idx.to(x.device, non_blocking=True)
-    return x.index_copy(0, dev_idx, _blur_all(x.index_select(0, dev_idx), sigma.cpu()[idx], kernel_size))
+    blurred = _blur_all(x.index_select(0, dev_idx), sigma.cpu()[idx], kernel_size)
+    return x.index_copy_(0, dev_idx, blurred) if inplace else x.index_copy(0, dev_idx, blurred)
 
 
 def solarize(x: Tensor, apply: Tensor, threshold: float = 0.5) -> Tensor:

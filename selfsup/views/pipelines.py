@@ -187,13 +187,14 @@ def apply_view(
 
 
 def _photometric(out: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Jitter, grayscale, blur, solarize, normalise a cropped view (float [0, 1], a fresh tensor)."""
+    """Jitter, grayscale, blur, solarize, normalise a cropped view (float [0, 1], a fresh tensor
+    that is written in place)."""
     c = out.shape[1]
-    out = color_jitter(out, params.jitter)
+    out = color_jitter(out, params.jitter, inplace=True)
     if spec.gray_p > 0 and c == 3:
-        out = random_grayscale(out, params.gray)
+        out = random_grayscale(out, params.gray, inplace=True)
     if spec.blur_p > 0:
-        out = gaussian_blur(out, params.blur_sigma, spec.kernel_size, params.blur)
+        out = gaussian_blur(out, params.blur_sigma, spec.kernel_size, params.blur, inplace=True)
     if spec.solarize_p > 0:
         out = solarize(out, params.solarize)
     # `out` is always a fresh tensor (grid_sample output or later), so normalise in place.
@@ -204,14 +205,15 @@ def finish_view(crop: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence
     """The view from a crop already cut and resized elsewhere (the streaming loader's workers):
     ``crop`` is uint8 ``Tensor[B, C, size, size]`` of the boxes ``params.boxes``, unflipped; this
     flips where ``params.flip`` and applies the photometric part of ``spec`` with ``params``."""
+    if crop.shape[-1] != spec.size or crop.shape[-2] != spec.size:
+        raise ValueError(f"crop is {tuple(crop.shape[-2:])} but the view is {spec.size}px; cut it at the view's size")
+    flip = params.flip.cpu()
+    if bool(flip.any()):  # flip before the float conversion: a quarter of the bytes to move
+        idx = torch.nonzero(flip).squeeze(1).to(crop.device)
+        crop = crop.index_copy(0, idx, crop.index_select(0, idx).flip(-1))
     out = _to_unit_float(crop)
     if out is crop:
         out = out.clone()
-    if out.shape[-1] != spec.size or out.shape[-2] != spec.size:
-        raise ValueError(f"crop is {tuple(out.shape[-2:])} but the view is {spec.size}px; cut it at the view's size")
-    flip = params.flip.to(out.device)
-    if bool(flip.any()):
-        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
     return _photometric(out, spec, params, mean, std)
 
 
