@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,19 @@ def pytest_sessionfinish(session, exitstatus):
         if reporter is not None:
             reporter.write_line(f"ERROR: {msg}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _index_cache(tmp_path_factory):
+    """Image indexes are cached under a session temp dir, never in the user's ~/.cache (spawned
+    processes inherit the variable)."""
+    old = os.environ.get("SELFSUP_CACHE_DIR")
+    os.environ["SELFSUP_CACHE_DIR"] = str(tmp_path_factory.mktemp("selfsup-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SELFSUP_CACHE_DIR", None)
+    else:
+        os.environ["SELFSUP_CACHE_DIR"] = old
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,9 @@ One spawn runs every case on both ranks:
 * vicreg with BatchNorm: after a few steps every rank must hold the same state (weights, BN
   running statistics, everything in the checkpoint's method state) although DDP does not
   broadcast buffers;
-* a NaN loss on rank 1 only: both ranks stop with the same one-line error, neither hangs.
+* a NaN loss on rank 1 only: both ranks stop with the same one-line error, neither hangs;
+* simclr streamed from a folder of JPEGs (crop boxes drawn for the global batch in each rank's
+  main process): the same loss curve as one process.
 """
 
 from __future__ import annotations
@@ -61,6 +63,29 @@ def _method(name: str, bn: bool = False):
     return m if bn else _group_norm(m)
 
 
+def _stream_recipe(folder: str):
+    return load_recipe("simclr_digits", TINY + ["train.epochs=2", "train.device=cpu", "train.online_probe=false",
+                                                 "method.projector=32-16", f"data.path={folder}", "data.cache=none",
+                                                 "data.num_workers=0", "data.batch_size=16"])
+
+
+def _stream_method(folder: str):
+    torch.manual_seed(0)
+    return _group_norm(build_method(_stream_recipe(folder), 3, 16))
+
+
+def _jpegs(folder: Path, n: int = 48) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        p = folder / f"c{i % 2}" / f"{i}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((40 + i % 7 * 5, 30 + i % 5 * 4), Image.BICUBIC).save(p)
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -68,6 +93,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     out_dir, data = Path(out), tiny_digits()
     for name in FAMILIES:
         train(_recipe(name), run_dir=out_dir / name, data=data, method=_method(name), log=lambda *a: None)
+    folder = str(out_dir / "jpegs")
+    train(_stream_recipe(folder), run_dir=out_dir / "stream", method=_stream_method(folder), log=lambda *a: None)
 
     method = _method("vicreg", bn=True)
     train(_recipe("vicreg"), run_dir=out_dir / "bn", data=data, method=method, stop_after_step=3, log=lambda *a: None)
@@ -95,6 +122,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
+    _jpegs(out / "jpegs")
     mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
     return out
 
@@ -111,6 +139,15 @@ def test_two_processes_give_the_one_process_loss_curve(name, two_process_runs, t
     for k in s1:  # weights, teachers, queues and centers after 12 steps
         if s1[k].is_floating_point():
             torch.testing.assert_close(s2[k], s1[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_streamed_files_two_processes_give_the_one_process_loss_curve(two_process_runs, tmp_path, one_thread):
+    folder = str(two_process_runs / "jpegs")
+    one = train(_stream_recipe(folder), run_dir=tmp_path / "one", method=_stream_method(folder), log=lambda *a: None)
+    a, b = read_metrics(one), read_metrics(two_process_runs / "stream")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [3, 6]
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6), (ra["epoch"], ra["loss"], rb["loss"])
 
 
 def test_every_rank_holds_the_same_state_without_buffer_broadcast(two_process_runs):
