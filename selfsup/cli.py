@@ -16,7 +16,7 @@ sections: method, data, views, model, optim, train, eval (see README)"""
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised learning, the cookbook runnable.")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{train,eval,export,recipes}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{train,eval,export,prepare,recipes}")
 
     t = sub.add_parser("train", help="pretrain a recipe, then evaluate it", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -52,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
                        description="Write the backbone's state dict (torchvision key names for ResNets).")
     x.add_argument("run_dir")
     x.add_argument("--out", default=None, help="output file (default: RUN_DIR/backbone.pt)")
+
+    r = sub.add_parser("prepare", help="pack an image dataset into one file per split, for fast loading",
+                       description="Re-encode every image of SRC (an image folder, a file list or .tar shards) "
+                                   "upright, longer side at most --max-side, as JPEG into the packed format at OUT "
+                                   "(load it with --data OUT).")
+    r.add_argument("src", metavar="SRC")
+    r.add_argument("out", metavar="OUT")
+    r.add_argument("--max-side", type=int, default=512, help="longer side of the stored images (default 512)")
+    r.add_argument("--quality", type=int, default=90, help="JPEG quality, 1..100 (default 90)")
+    r.add_argument("--labels", default="auto", choices=["auto", "folders", "none"], help="as data.labels")
+    r.add_argument("--workers", type=int, default=None, help="decoding threads (default: the CPUs)")
+    r.add_argument("--overwrite", action="store_true", help="replace a pack already at OUT")
+    r.add_argument("--on-corrupt", default="skip", choices=["skip", "error"],
+                   help="skip unreadable images (default, reported) or stop at the first")
 
     sub.add_parser("recipes", help="list the bundled recipes", description="List the bundled recipes.")
     return p
@@ -143,6 +157,11 @@ def _run(args: argparse.Namespace) -> int:
             from selfsup.rundir import export_backbone
 
             print(f"backbone weights: {export_backbone(args.run_dir, args.out)}")
+        elif args.cmd == "prepare":
+            from selfsup.data.packed import write_packed
+
+            write_packed(args.src, args.out, args.max_side, args.quality, args.labels, args.workers, args.on_corrupt,
+                         args.overwrite)
         elif args.cmd == "recipes":
             rows = list_recipes()
             width = max(len(n) for n, _ in rows)
