@@ -23,8 +23,11 @@ def _parser() -> argparse.ArgumentParser:
                        description="Pretrain a recipe (default: %s on the built-in digits), then run "
                                    "`selfsup eval` on the result." % DEFAULT_RECIPE)
     t.add_argument("--recipe", default=None, help="recipe name (see `selfsup recipes`) or YAML path")
-    t.add_argument("--data", default=None, help="dataset path (ImageFolder, .npz, IDX folder, CIFAR folder)")
-    t.add_argument("--format", default=None, help="dataset format: auto, imagefolder, npz, idx, cifar, digits")
+    t.add_argument("--data", default=None, help="dataset path: an ImageFolder tree or folder of images, a path[,label] "
+                   ".csv/.txt file list, a `selfsup prepare` pack, .tar shards (these stream at full resolution); "
+                   ".npz, IDX or CIFAR folder (in RAM)")
+    t.add_argument("--format", default=None, help="dataset format: auto, imagefolder, filelist, packed, shards, npz, "
+                   "idx, cifar, digits")
     t.add_argument("--out", default=None, help="run directory (default: runs/<method>-<time>)")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
     t.add_argument("--overwrite", action="store_true",

@@ -421,3 +421,46 @@ def test_default_run_directory_lands_in_the_working_directory_not_the_checkout(t
     assert f"run directory: {Path('runs') / run.name}" in out
     after = sorted((CHECKOUT / "runs").iterdir()) if (CHECKOUT / "runs").is_dir() else []
     assert after == before
+
+
+def _jpeg_tree(root: Path, n: int = 24) -> None:
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n), ("val", 8)):
+        for i in range(count):
+            d = root / split / f"c{i % 2}"
+            d.mkdir(parents=True, exist_ok=True)
+            small = rng.integers(0, 255, (5, 6, 3), dtype=np.uint8)
+            Image.fromarray(small).resize((30 + i % 4 * 7, 24 + i % 3 * 5), Image.BICUBIC).save(d / f"{i}.jpg")
+
+
+def test_prepare_then_train_streams_the_pack_and_shards(tmp_path, capsys):
+    """`selfsup prepare` then training on the pack, and training on webdataset shards, end to end,
+    streamed at full resolution with loader worker processes, evaluated at the end."""
+    import tarfile
+
+    _jpeg_tree(tmp_path / "src")
+    code, out, err = run_cli(capsys, "prepare", str(tmp_path / "src"), str(tmp_path / "pack"), "--max-side", "32")
+    assert code == 0, err
+    stream = ["data.cache=none", "data.num_workers=2", "data.batch_size=8", "eval.protocols=[knn]"]
+    code, out, err = run_cli(capsys, "train", "--data", str(tmp_path / "pack"), "--out", str(tmp_path / "r1"), *TINY,
+                             "train.epochs=1", *stream)
+    assert code == 0, err
+    assert "streamed at full resolution" in out and "24 train / 8 test" in out and "kNN" in out
+    assert read_metrics(tmp_path / "r1")[0]["replaced_images"] == 0
+    shards = tmp_path / "shards" / "train"
+    shards.mkdir(parents=True)
+    files = sorted((tmp_path / "src" / "train").rglob("*.jpg"))
+    for s in range(2):
+        with tarfile.open(shards / f"{s:06d}.tar", "w") as tar:
+            for i, f in enumerate(files[s::2]):
+                tar.add(f, arcname=f"{s}_{i:04d}.jpg")
+                cls = f.parent.name[1:].encode()
+                info = tarfile.TarInfo(f"{s}_{i:04d}.cls")
+                info.size = len(cls)
+                tar.addfile(info, __import__("io").BytesIO(cls))
+    code, out, err = run_cli(capsys, "train", "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "r2"),
+                             *TINY, "train.epochs=1", *stream, "eval.at_end=false")
+    assert code == 0, err
+    assert "24 train / no test split" in out and "2 classes" in out
+    code, _, err = run_cli(capsys, "train", "--data", "pipe:curl -s http://x/{000..009}.tar", *FAST)
+    assert code == 2 and "remote or piped shards" in error_line(err)

@@ -21,7 +21,7 @@ from .errors import DataError, DataPathError
 from .imagefolder import DEFAULT_RAM_BUDGET_MB, load_image_splits, looks_like_imagefolder
 from .npz import find_idx_files, load_idx, load_npz
 from .packed import is_packed, list_packed
-from .shards import list_shards, looks_like_shards
+from .shards import list_shards, looks_like_shards, reject_remote
 from .sources import FILELIST_SUFFIXES, Listing, list_filelist, list_folder, split_folders
 
 __all__ = ["FORMATS", "IMAGE_FORMATS", "detect_format", "load_data", "load_data_section", "image_listings"]
@@ -69,8 +69,8 @@ def detect_format(path: Path) -> str:
     raise DataError(f"cannot tell the format of folder {path}; looked for {_LOOKED_FOR}; or pass format=...")
 
 
-def image_listings(path: Path, fmt: str, labels: str = "auto",
-                   classes: list[str] | None = None) -> tuple[Listing, Listing | None, list[str]]:
+def image_listings(path: Path, fmt: str, labels: str = "auto", classes: list[str] | None = None,
+                   index_dir: Path | None = None) -> tuple[Listing, Listing | None, list[str]]:
     """The train and test listings (test may be None) of an encoded-image source, and notes.
     ``classes`` (a train split's class names) maps the labels of a separate test source."""
     if fmt == "filelist":
@@ -80,7 +80,7 @@ def image_listings(path: Path, fmt: str, labels: str = "auto",
     if fmt == "packed":
         return list_packed(path)
     if fmt == "shards":
-        return list_shards(path)
+        return list_shards(path, index_dir=index_dir)
     if not path.is_dir():
         raise DataError(f"format='imagefolder' needs a folder, but {path} is a file; point to its folder")
     if classes is not None:  # a separate test folder: the folder itself is the split
@@ -141,6 +141,7 @@ def load_data(
             raise DataError(f"format='digits' is the built-in dataset and takes no path (got {path}); drop the path")
         return load_digits_splits(32 if image_size is None else image_size)
     p = Path(path).expanduser()
+    reject_remote(str(path))
     if not p.exists():
         raise DataPathError(f"dataset path {p} does not exist; check data.path (or leave it empty for digits)")
     fmt = detect_format(p) if format == "auto" else format
@@ -149,16 +150,16 @@ def load_data(
             raise DataError(f"format='npz' needs a .npz file, but {p} is a folder; point to the file")
         return load_npz(p, image_size, mmap)
     if fmt in IMAGE_FORMATS:
-        train, test, notes = image_listings(p, fmt, labels)
+        idir = Path(index_dir) if index_dir else None
+        train, test, notes = image_listings(p, fmt, labels, index_dir=idir)
         if test_path is not None:
             tp = Path(test_path).expanduser()
             if not tp.exists():
                 raise DataPathError(f"test path {tp} does not exist; check data.test_path")
-            test, _, _ = image_listings(tp, detect_format(tp), labels, train.classes)
+            test, _, _ = image_listings(tp, detect_format(tp), labels, train.classes, idir)
             notes = [n for n in notes if "test split is None" not in n]
         return load_image_splits(train, test, p.resolve().stem if p.is_file() else p.resolve().name, image_size,
-                                 on_corrupt, cache, ram_budget_mb, Path(index_dir) if index_dir else None,
-                                 num_workers, notes)
+                                 on_corrupt, cache, ram_budget_mb, idir, num_workers, notes)
     if not p.is_dir():
         raise DataError(f"format='{fmt}' needs a folder, but {p} is a file; point to its folder")
     if fmt == "idx":
