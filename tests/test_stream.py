@@ -20,7 +20,7 @@ from selfsup.data import DataError, EpochSampler, StreamLoader, StreamSplit, loa
 from selfsup.data.decode import Header, cut, decode, read_header
 from selfsup.rundir import read_metrics
 from selfsup.train.loop import TIMING_KEYS, train
-from selfsup.views import Crops, build_views
+from selfsup.views import build_views
 from selfsup.views.crop import sample_crop_params
 
 RNG = np.random.default_rng(0)
