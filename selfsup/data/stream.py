@@ -51,6 +51,8 @@ EVAL_CROP_RATIO = 0.875
 #: the last part of the per-step view seed ``mix_seed(seed, epoch, step, VIEW_SEED_SALT)``
 VIEW_SEED_SALT = 0x5EED
 _SUBSTITUTE_TRIES = 64
+#: workers finish views in row blocks of about this size (see MultiView's block_bytes: cache-sized)
+CPU_BLOCK_BYTES = 5 * 2**20
 
 
 def default_num_workers() -> int:
@@ -247,7 +249,7 @@ class _CutDataset(torch.utils.data.Dataset):
         from selfsup.views import Crops
 
         with _one_thread():  # the same arithmetic in every process: views do not depend on the worker count
-            ready = self.views(Crops(crops, task.params), torch.Generator())
+            ready = self.views(Crops(crops, task.params), torch.Generator(), block_bytes=CPU_BLOCK_BYTES)
         return {**out, "views": ready, "times": (t_cut - t0, time.perf_counter() - t_cut)}
 
 

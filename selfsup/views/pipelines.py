@@ -276,18 +276,31 @@ class MultiView:
         """All view specs, globals first."""
         return self.global_views + self.local_views
 
-    def __call__(self, x: Tensor | Crops, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> list[Tensor]:
+    def __call__(self, x: Tensor | Crops, generator: torch.Generator, shard: tuple[int, int] = (0, 1),
+                 block_bytes: int | None = None) -> list[Tensor]:
         """The views of ``x``; ``shard=(rank, world)`` as in :func:`apply_view`.
 
         ``x`` is a uint8 batch (cropped here, with parameters drawn from ``generator``) or
         :class:`Crops` from the streaming loader (already cut; ``generator`` is unused, the
-        parameters travel with the crops); or :class:`ReadyViews`, returned as they are."""
+        parameters travel with the crops); or :class:`ReadyViews`, returned as they are.
+        ``block_bytes`` (Crops only, for CPUs): finish each view in blocks of rows whose float
+        tensor is about this size, so every pass stays in cache; the result is identical (the ops
+        are per sample). Measured on a 2-core EPYC, one thread, 64 x 224 px SimCLR views: 10.2 ms
+        per image whole, 6.6 ms in blocks of 8 rows (4.8 MB)."""
         if isinstance(x, ReadyViews):
             return list(x.views)
         if isinstance(x, Crops):
             if len(x.crops) != len(self.specs) or len(x.params) != len(self.specs):
                 raise ValueError(f"got {len(x.crops)} crops for {len(self.specs)} views; cut them with these views")
-            return [finish_view(c, spec, p, self.mean, self.std) for c, spec, p in zip(x.crops, self.specs, x.params)]
+            out = []
+            for c, spec, p in zip(x.crops, self.specs, x.params):
+                rows = c.shape[0] if block_bytes is None else max(1, block_bytes // (4 * c[0].numel()))
+                if rows >= c.shape[0]:
+                    out.append(finish_view(c, spec, p, self.mean, self.std))
+                    continue
+                out.append(torch.cat([finish_view(c[i : i + rows], spec, _rows_of(p, slice(i, i + rows)), self.mean,
+                                                  self.std) for i in range(0, c.shape[0], rows)]))
+            return out
         xf = _to_unit_float(x)
         if xf.shape[1] != len(self.mean):
             raise ValueError(
