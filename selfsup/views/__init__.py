@@ -29,26 +29,28 @@ from selfsup.views.ops import (
     solarize,
 )
 from selfsup.views.per_image import TorchvisionViews, torchvision_view, torchvision_views
-from selfsup.views.pipelines import (
+from selfsup.views.paper_views import (
     VIEW_KINDS,
+    build_views,
+    byol_views,
+    mocov2_views,
+    msf_views,
+    multicrop_views,
+    simclr_views,
+    swav_multicrop_views,
+)
+from selfsup.views.pipelines import (
     Crops,
     MultiView,
     ReadyViews,
     ViewParams,
     ViewSpec,
     apply_view,
-    build_views,
     finish_view,
-    byol_views,
     default_mean_std,
     local_crop_size,
     mean_std_of,
-    mocov2_views,
-    msf_views,
-    multicrop_views,
     sample_view_params,
-    simclr_views,
-    swav_multicrop_views,
 )
 
 __all__ = [

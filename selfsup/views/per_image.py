@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from selfsup.views.pipelines import MultiView, ViewSpec, build_views
+from selfsup.views.paper_views import build_views
+from selfsup.views.pipelines import MultiView, ViewSpec
 
 __all__ = ["TorchvisionViews", "torchvision_view", "torchvision_views"]
 
