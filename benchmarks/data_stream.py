@@ -9,7 +9,10 @@ with the same number of loader workers and the same batch:
                 the main process (on this CPU-only box that is the CPU too);
   (b) packed  - the same on ``selfsup prepare``'s packed file (``--max-side 512 --quality 90``);
   (c) tv      - ``torchvision.datasets.ImageFolder`` with per-image ``transforms.v2`` of the same
-                recipe in DataLoader workers: how lightly and solo-learn users run it.
+                recipe in DataLoader workers: how lightly and solo-learn users run it;
+  (a', b')      stream-crops / packed-crops - (a) and (b) as on a GPU machine: the loader delivers the
+                uint8 crops and the batched photometric part is left to the device (not run here),
+                while (c)'s workers must still do everything on the CPU.
 
 for SimCLR's two 224 px views and DINO's 2 x 224 + 6 x 96 multi-crop, at two dataset sizes.
 Each measurement runs in a fresh process; it reports images/s (each image with all of its
@@ -126,11 +129,13 @@ def measure(pipeline: str, recipe: str, path: str, workers: int, batch: int, ste
                 n += views[0].shape[0]
     else:
         from selfsup.data import EpochSampler, StreamLoader, load_data
-        from selfsup.views import build_views
+        from selfsup.views import ReadyViews, build_views
 
         split = load_data(path, image_size=224, cache="none").train
         views = build_views(kind, 224, split.channels, **extra)
-        loader = StreamLoader(split, views, EpochSampler(len(split), batch), 0, num_workers=workers, prefetch=2)
+        crops_only = pipeline.endswith("-crops")
+        loader = StreamLoader(split, views, EpochSampler(len(split), batch), 0, num_workers=workers, prefetch=2,
+                              finish_in_workers=not crops_only)
         it = loader.epoch(0)
         gen = torch.Generator()
         for step in range(warmup + steps):
@@ -139,7 +144,9 @@ def measure(pipeline: str, recipe: str, path: str, workers: int, batch: int, ste
             t0 = time.perf_counter()
             batch_in, _ = next(it)
             t1 = time.perf_counter()
-            out = views(batch_in, gen)  # on this CPU-only box the workers already finished them
+            # CPU-only box: the workers already finished the views; -crops: left to the GPU, not run here
+            out = batch_in.crops if crops_only else views(batch_in, gen)
+            assert crops_only or isinstance(batch_in, ReadyViews)
             t2 = time.perf_counter()
             if step >= warmup:
                 wait, aug, n = wait + t1 - t0, aug + t2 - t1, n + out[0].shape[0]
@@ -189,7 +196,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=25, help="measured batches per run (after 3 warm-up batches)")
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    ap.add_argument("--pipelines", nargs="+", default=["stream", "packed", "tv"], choices=["stream", "packed", "tv"])
+    ap.add_argument("--pipelines", nargs="+", default=["stream", "packed", "tv", "stream-crops", "packed-crops"],
+                    choices=["stream", "packed", "tv", "stream-crops", "packed-crops"])
     ap.add_argument("--work", default=None, help="where to build the sets (default: a temp dir, kept)")
     ap.add_argument("--no-train-step", action="store_true", help="skip the ResNet-18 training run")
     ap.add_argument("--measure", nargs=6, metavar=("PIPELINE", "RECIPE", "PATH", "WORKERS", "BATCH", "STEPS"),
@@ -218,16 +226,18 @@ def main() -> None:
         load_data(root, image_size=224, cache="none", index_dir=fresh)
         warm = time.perf_counter() - t
         line = f"\n{n} images (made in {made:.0f} s): index {cold:.2f} s cold ({n / cold:.0f} files/s), {warm:.2f} s cached"
-        paths = {"stream": str(root), "tv": str(root)}
-        if "packed" in a.pipelines:
+        paths = {"stream": str(root), "tv": str(root), "stream-crops": str(root)}
+        if any(p.startswith("packed") for p in a.pipelines):
             from selfsup.data.packed import write_packed
 
             packed = work / f"packed{n}"
             t = time.perf_counter()
-            if not (packed / "selfsup-pack.json").exists():
+            if (packed / "selfsup-pack.json").exists():
+                line += "; pack reused"
+            else:
                 write_packed(root, packed, max_side=512, quality=90, log=lambda *x: None)
-            line += f"; packed in {time.perf_counter() - t:.1f} s"
-            paths["packed"] = str(packed)
+                line += f"; packed in {time.perf_counter() - t:.1f} s"
+            paths["packed"] = paths["packed-crops"] = str(packed)
         print(line)
         for recipe in a.recipes:
             res = {p: _run_measure(p, recipe, paths[p], str(a.workers), str(a.batch), str(a.steps))
@@ -236,7 +246,7 @@ def main() -> None:
                 speed = f"{r['img_s'] / res['tv']['img_s']:.2f}x tv" if "tv" in res else ""
                 inside = (f" (workers: decode+cut {r['worker_cut']:4.0%}, batched aug {r['worker_finish']:4.0%})"
                           if "worker_cut" in r else " (workers: everything, per image)")
-                print(f"  {recipe:7s} {p:7s} {r['img_s']:7.1f} img/s {speed:>9s} | main: data wait {r['data_wait']:4.0%}, "
+                print(f"  {recipe:7s} {p:12s} {r['img_s']:7.1f} img/s {speed:>9s} | main: data wait {r['data_wait']:4.0%}, "
                       f"aug {r['aug']:4.0%}{inside} | peak RSS main {r['main_mb']:5.0f} MB, worker "
                       f"{r['worker_mb']:5.0f} MB", flush=True)
                 rows.append({"images": n, "recipe": recipe, "pipeline": p, **r})
