@@ -341,7 +341,7 @@ def test_image_size_null_is_documented_for_every_format(tmp_path):
     np.savez(tmp_path / "a.npz", x_train=x)
     assert load_data(tmp_path / "a.npz", image_size=None).train.image_size == 12  # native
     doc = DataConfig.model_fields["image_size"].description
-    assert f"{DEFAULT_IMAGEFOLDER_SIZE} for ImageFolder" in doc and "32 for digits" in doc and "native" in doc
+    assert f"{DEFAULT_IMAGEFOLDER_SIZE} for image files" in doc and "32 for digits" in doc and "native" in doc
 
 
 # ---- run directories: interruption, existing runs, the checkout ---------------------------------------------------

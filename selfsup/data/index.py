@@ -23,7 +23,7 @@ import numpy as np
 from .decode import DECODE_ERRORS, Header, decode_error, read_header
 from .readers import NameTable, Reader
 
-__all__ = ["ImageIndex", "build_index", "default_index_dir", "INDEX_VERSION"]
+__all__ = ["ImageIndex", "build_index", "default_index_dir", "save_npz_atomic", "INDEX_VERSION"]
 
 INDEX_VERSION = 1
 _FIELDS = ("width", "height", "orient", "fast_jpeg", "gray")
@@ -76,8 +76,8 @@ def _load_cache(path: Path) -> dict[str, np.ndarray] | None:
         return None  # a missing or damaged cache is rebuilt
 
 
-def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically; a read-only cache directory just means no cache."""
+def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a cache file atomically (temp file + rename); a read-only cache directory just means no cache."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
@@ -135,7 +135,7 @@ def build_index(reader: Reader, names: NameTable, stamps: np.ndarray, key: str, 
         ok = np.ones(n, dtype=bool)
         ok[list(errors)] = False
         err = NameTable.of([errors.get(i, "") for i in range(n)])
-        _save_cache(cache_path, {"version": np.int64(INDEX_VERSION), "names_blob": names.blob,
+        save_npz_atomic(cache_path, {"version": np.int64(INDEX_VERSION), "names_blob": names.blob,
                                  "names_offsets": names.offsets, "stamps": stamps, "fields": fields, "ok": ok,
                                  "err_blob": err.blob, "err_offsets": err.offsets})
     index = ImageIndex(fields[:, 0].astype(np.int32), fields[:, 1].astype(np.int32), fields[:, 2].astype(np.uint8),

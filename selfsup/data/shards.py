@@ -42,7 +42,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .errors import DataError
-from .index import _save_cache, default_index_dir
+from .index import save_npz_atomic, default_index_dir
 from .readers import NameTable
 from .sources import Listing, split_folders
 
@@ -231,7 +231,7 @@ def _member_table(shard: Path, index_dir: Path) -> tuple[list[str], np.ndarray, 
     names, *columns = _read_table(shard, st.st_size)
     offsets, sizes, cls = (np.asarray(c, dtype=np.int64) for c in columns)
     table = NameTable.of(names)
-    _save_cache(cache, dict(zip(("version", "size", "mtime_ns"), map(np.int64, stamp)), names_blob=table.blob,
+    save_npz_atomic(cache, dict(zip(("version", "size", "mtime_ns"), map(np.int64, stamp)), names_blob=table.blob,
                             names_offsets=table.offsets, offsets=offsets, sizes=sizes, cls=cls))
     return names, offsets, sizes, cls, st.st_mtime_ns
 
