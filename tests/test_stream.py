@@ -74,12 +74,12 @@ def test_views_identical_for_0_1_2_workers(tmp_path):
         for (va, _), (vb, _) in zip(ready[0], other):
             assert all(torch.equal(a, b) for a, b in zip(va.views, vb.views))
     assert [v.shape[-1] for v in ready[0][0][0].views] == [32, 32, 16, 16]
-    with torch.no_grad():
-        torch.set_num_threads(1)
-        try:
-            in_main = views(runs[0][1][0], torch.Generator())  # the same crops finished here
-        finally:
-            torch.set_num_threads(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        in_main = views(runs[0][1][0], torch.Generator())  # the same crops finished here, whole (no blocks)
+    finally:
+        torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(in_main, ready[2][1][0].views))
     # a resumed epoch replays the tail exactly
     tail = _epoch(split, views, 8, 0, start=2)

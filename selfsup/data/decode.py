@@ -33,8 +33,10 @@ except ImportError:  # pragma: no cover - a torchvision without its decoders
     decode_jpeg = None
 from torchvision.transforms.v2 import functional as TF
 
+from .errors import DataError
+
 __all__ = ["BACKGROUND", "DECODE_ERRORS", "Header", "read_header", "decode", "cut", "resize_center", "draft_factor",
-           "orient_tensor", "decode_error"]
+           "orient_tensor", "decode_error", "unreadable"]
 
 #: transparent pixels are composited onto this colour (ImageNet mean, so ~0 after normalisation)
 BACKGROUND = (124, 116, 104)
@@ -138,7 +140,8 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         img = Image.alpha_composite(bg, rgba).convert("RGB")
-    return img.convert("L" if channels == 1 else "RGB") if img.mode != ("L" if channels == 1 else "RGB") else img
+    mode = "L" if channels == 1 else "RGB"
+    return img if img.mode == mode else img.convert(mode)
 
 
 def decode(data: bytes | memoryview, head: Header, channels: int, reduce: int = 1) -> torch.Tensor:
@@ -181,6 +184,12 @@ def resize_center(x: torch.Tensor, resize_to: int, crop: int) -> torch.Tensor:
     if min(x.shape[-2:]) != resize_to:
         x = TF.resize(x, resize_to, antialias=True)
     return TF.center_crop(x, [crop, crop]).contiguous()
+
+
+def unreadable(name: str, err: str, what: str = "skip unreadable images") -> DataError:
+    """The one-line error for an unreadable image under ``on_corrupt="error"``."""
+    return DataError(f"cannot read image {name} ({err}); fix or delete it, or set data.on_corrupt=skip "
+                     f"(Python: on_corrupt='skip') to {what}")
 
 
 def decode_error(e: BaseException) -> str:

@@ -22,7 +22,7 @@ from .imagefolder import DEFAULT_RAM_BUDGET_MB, load_image_splits, looks_like_im
 from .npz import find_idx_files, load_idx, load_npz
 from .packed import is_packed, list_packed
 from .shards import list_shards, looks_like_shards, reject_remote
-from .sources import FILELIST_SUFFIXES, Listing, list_filelist, list_folder, split_folders
+from .sources import FILELIST_SUFFIXES, Listing, list_filelist, list_folder, list_imagefolder
 
 __all__ = ["FORMATS", "IMAGE_FORMATS", "detect_format", "load_data", "load_data_section", "image_listings"]
 
@@ -85,11 +85,7 @@ def image_listings(path: Path, fmt: str, labels: str = "auto", classes: list[str
         raise DataError(f"format='imagefolder' needs a folder, but {path} is a file; point to its folder")
     if classes is not None:  # a separate test folder: the folder itself is the split
         return list_folder(path, labels, {c: i for i, c in enumerate(classes)}, "test"), None, []
-    train_dir, test_dir, notes = split_folders(path)
-    train = list_folder(train_dir, labels, None, "train")
-    c2i = None if train.classes is None else {c: i for i, c in enumerate(train.classes)}
-    test = list_folder(test_dir, labels, c2i, test_dir.name) if test_dir is not None else None
-    return train, test, notes
+    return list_imagefolder(path, labels)
 
 
 def load_data(

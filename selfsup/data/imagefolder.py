@@ -24,8 +24,9 @@ import numpy as np
 
 from .arrays import DataSplits
 from .errors import DataError, DataWarning
+from .decode import unreadable
 from .index import build_index
-from .sources import IMAGE_SUFFIXES, Listing, list_folder, split_folders
+from .sources import IMAGE_SUFFIXES, Listing, list_imagefolder
 from .stream import StreamSplit
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_IMAGEFOLDER_SIZE", "CACHE_MODES", "load_imagefolder", "load_image_splits",
@@ -57,8 +58,7 @@ def index_listing(listing: Listing, on_corrupt: str, index_dir: Path | None = No
     messages = [f"{reader.name(i)}: {err}" for i, err in bad]
     if bad and on_corrupt == "error":
         i, err = bad[0]
-        raise DataError(f"cannot read image {reader.name(i)} ({err}); fix or delete it, or set data.on_corrupt=skip "
-                        f"(Python: on_corrupt='skip') to skip unreadable images")
+        raise unreadable(reader.name(i), err)
     if bad:
         keep = np.ones(len(index), dtype=bool)
         keep[[i for i, _ in bad]] = False
@@ -132,9 +132,6 @@ def load_imagefolder(root: Path, image_size: int | None = None, on_corrupt: str 
     docstring (``"ram"`` here by default, the Python API's historical behaviour; the CLI's default
     is ``auto``)."""
     root = Path(root)
-    train_dir, test_dir, notes = split_folders(root)
-    train = list_folder(train_dir, labels, None, "train")
-    c2i = None if train.classes is None else {c: i for i, c in enumerate(train.classes)}
-    test = list_folder(test_dir, labels, c2i, test_dir.name) if test_dir is not None else None
+    train, test, notes = list_imagefolder(root, labels)
     return load_image_splits(train, test, root.resolve().name, image_size, on_corrupt, cache, ram_budget_mb,
                              index_dir, num_workers, notes)

@@ -24,7 +24,8 @@ from .errors import DataError, DataPathError
 from .index import ImageIndex
 from .readers import FileReader, NameTable, Reader
 
-__all__ = ["IMAGE_SUFFIXES", "FILELIST_SUFFIXES", "Listing", "list_folder", "list_filelist", "split_folders"]
+__all__ = ["IMAGE_SUFFIXES", "FILELIST_SUFFIXES", "Listing", "list_folder", "list_filelist", "list_imagefolder",
+           "split_folders"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 FILELIST_SUFFIXES = (".csv", ".tsv", ".txt", ".lst")
@@ -129,6 +130,16 @@ def split_folders(root: Path) -> tuple[Path, Path | None, list[str]]:
     elif "test" in names and "val" in names:
         notes.append("both test/ and val/ exist: using test/, ignoring val/")
     return names["train"], test, notes
+
+
+def list_imagefolder(root: Path, labels: str = "auto") -> tuple[Listing, Listing | None, list[str]]:
+    """The train and test listings of an ImageFolder tree (see :func:`split_folders`), and notes; the
+    test split uses the train split's class indices."""
+    train_dir, test_dir, notes = split_folders(root)
+    train = list_folder(train_dir, labels, None, "train")
+    c2i = None if train.classes is None else {c: i for i, c in enumerate(train.classes)}
+    test = list_folder(test_dir, labels, c2i, test_dir.name) if test_dir is not None else None
+    return train, test, notes
 
 
 def _label_column(rows: list[tuple[int, str]], where: Path,

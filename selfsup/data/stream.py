@@ -39,7 +39,7 @@ import torch
 
 from selfsup.seeds import mix_seed
 
-from .decode import DECODE_ERRORS, Header, cut, decode, decode_error, draft_factor, resize_center
+from .decode import DECODE_ERRORS, Header, cut, decode, decode_error, draft_factor, resize_center, unreadable
 from .errors import DataError
 from .index import ImageIndex
 from .readers import Reader
@@ -121,8 +121,7 @@ class StreamSplit:
                 return decode(self.reader.read(j), head, self.channels, reduce if k == 0 else 1), head, j, problem
             except DECODE_ERRORS as e:
                 if self.on_corrupt == "error":
-                    raise DataError(f"cannot read image {self.reader.name(j)} ({decode_error(e)}); fix or delete it, "
-                                    f"or set data.on_corrupt=skip to replace unreadable images") from None
+                    raise unreadable(self.reader.name(j), decode_error(e), "replace unreadable images") from None
                 problem = problem or f"{self.reader.name(j)}: {decode_error(e)}"
         raise DataError(f"{_SUBSTITUTE_TRIES} images in a row from {self.reader.name(i)} are unreadable; check the files")
 
@@ -175,8 +174,7 @@ class StreamSplit:
                 x = decode(self.reader.read(i), head, self.channels, draft_factor(min(head.width, head.height) / s))
             except DECODE_ERRORS as e:
                 if self.on_corrupt == "error":
-                    raise DataError(f"cannot read image {self.reader.name(i)} ({decode_error(e)}); fix or delete it, "
-                                    f"or set data.on_corrupt=skip to skip unreadable images") from None
+                    raise unreadable(self.reader.name(i), decode_error(e)) from None
                 keep[i] = False
                 bad.append((i, f"{self.reader.name(i)}: {decode_error(e)}"))
                 return
