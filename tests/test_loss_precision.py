@@ -28,6 +28,9 @@ from selfsup.losses import (UNIFIED_PRESETS, DINOLoss, barlow_twins_loss, batch_
                             relic_loss, relic_terms, simsiam_loss, sinkhorn_knopp, spherical_kmeans,
                             swapped_prediction, swav_loss, supcon, triplet, unified_contrastive, unified_preset,
                             vicreg_loss, vicreg_terms, wmse_loss)
+from selfsup.losses.masked import (data2vec_loss, data2vec_targets, ibot_patch_loss, ibot_teacher_probs, koleo_loss,
+                                   mae_loss, me_max, msn_loss, norm_pix_targets, patch_center_update, pmsn_loss,
+                                   power_law_prior, prior_kl, simmim_loss, sinkhorn_teacher)
 from selfsup.losses.neighbors import msf_neighbours, msf_regression
 
 N, D, K = 32, 16, 24  # batch, embedding dim, prototypes / bank rows
@@ -38,6 +41,8 @@ NOT_LOSSES = {
     "local_offset": "integer offset", "gather": "identity in one process (a collective otherwise)",
     "all_reduce_mean": "identity in one process", "all_reduce_sum": "identity in one process",
     "fp32_loss": "the precision policy itself",
+    "patchify": "pure reshape (keeps the dtype)", "unpatchify": "pure reshape (keeps the dtype)",
+    "power_law_prior": "a constant prior, no inputs",
 }
 # Names exercised through another name's cases.
 COVERED_BY = {"UNIFIED_PRESETS": "unified_contrastive", "unified_preset": "unified_contrastive",
@@ -77,6 +82,53 @@ def _dino_module(student: list[torch.Tensor], teacher: list[torch.Tensor], cente
 def _wmse(*views: torch.Tensor) -> torch.Tensor:
     return wmse_loss(list(views), w_size=32, generator=torch.Generator().manual_seed(3))
 
+
+def _bmask(g: torch.Generator, *shape: int) -> torch.Tensor:
+    m = torch.rand(*shape, generator=g) < 0.5
+    m.view(-1)[0] = True
+    return m
+
+
+def _patches(g: torch.Generator) -> tuple:  # student, teacher [B=4, N=8, K], mask [4, 8]
+    return _emb(g, 32, K).view(4, 8, K), _emb(g, 32, K).view(4, 8, K), _bmask(g, 4, 8)
+
+
+def _msn_inputs(g: torch.Generator) -> tuple:  # 2 anchor views per target
+    return _emb(g, 2 * N, D), _emb(g, N, D), _emb(g, K, D)
+
+
+_MIM_CASES: list[Case] = [
+    Case("norm_pix_targets", norm_pix_targets, lambda g: (_emb(g, 4 * 8, 12).view(4, 8, 12),)),
+    Case("mae_loss", mae_loss, lambda g: (_emb(g, 32, 12).view(4, 8, 12), _emb(g, 32, 12).view(4, 8, 12),
+                                          _bmask(g, 4, 8))),
+    Case("mae_loss", lambda p, t, m: mae_loss(p, t, m, norm_pix=True),
+         lambda g: (_emb(g, 32, 12).view(4, 8, 12), _emb(g, 32, 12).view(4, 8, 12), _bmask(g, 4, 8))),
+    Case("simmim_loss", simmim_loss, lambda g: (torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g),
+                                                _bmask(g, 2, 1, 8, 8))),
+    Case("simmim_loss", lambda p, x, m: simmim_loss(p, x, m, patch_size=4, eps=1e-5),
+         lambda g: (torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g), _bmask(g, 2, 4))),
+    Case("ibot_teacher_probs", lambda t, c: ibot_teacher_probs(t, c, 0.04),
+         lambda g: (_emb(g, 32, K).view(4, 8, K), 0.1 * torch.randn(K, generator=g))),
+    Case("patch_center_update", lambda c, t: patch_center_update(c, t, None, 0.9),
+         lambda g: (torch.randn(K, generator=g), _emb(g, 32, K).view(4, 8, K))),
+    Case("patch_center_update", lambda c, t, m: patch_center_update(c, t, m, 0.9),
+         lambda g: (torch.randn(K, generator=g), _emb(g, 32, K).view(4, 8, K), _bmask(g, 4, 8))),
+    Case("ibot_patch_loss", lambda s, t, m: ibot_patch_loss(s, t, m, 0.1),
+         lambda g: (lambda s, t, m: (s, F.softmax(t / 0.07, -1), m))(*_patches(g))),
+    Case("sinkhorn_teacher", lambda t: sinkhorn_teacher(t, 0.05, 3), lambda g: (_scores(g, 1)[0],)),
+    Case("koleo_loss", koleo_loss, lambda g: (_emb(g),)),
+    Case("data2vec_targets", lambda *a: data2vec_targets(list(a), 2),
+         lambda g: tuple(_emb(g, 32, D).view(4, 8, D) for _ in range(3))),
+    Case("data2vec_loss", data2vec_loss, lambda g: (_emb(g, 32, D).view(4, 8, D), _emb(g, 32, D).view(4, 8, D),
+                                                    _bmask(g, 4, 8))),
+    Case("me_max", me_max, lambda g: (F.softmax(_emb(g, N, K) / 0.5, 1),)),
+    Case("prior_kl", lambda p: prior_kl(p, power_law_prior(K)), lambda g: (F.softmax(_emb(g, N, K) / 0.5, 1),)),
+    Case("prior_kl", lambda p: prior_kl(p, power_law_prior(K), direction="lightly"),
+         lambda g: (F.softmax(_emb(g, N, K) / 0.5, 1),)),
+    Case("msn_loss", msn_loss, _msn_inputs),
+    Case("msn_loss", lambda a, t, p: msn_loss(a, t, p, use_sinkhorn=False, prior="power_law"), _msn_inputs),
+    Case("pmsn_loss", pmsn_loss, _msn_inputs),
+]
 
 CASES: list[Case] = [
     Case("nt_xent", lambda a, b: nt_xent(a, b, 0.1), _pair),
@@ -131,6 +183,7 @@ CASES: list[Case] = [
          lambda g: (_scores(g, 2), _scores(g, 1)[0])),
     Case("nearest_prototype", nearest_prototype, lambda g: (_unit(g, N), _unit(g, K))),
     Case("spherical_kmeans", lambda x, c: spherical_kmeans(x, c, n_iters=3), lambda g: (_unit(g, N), _unit(g, 5))),
+    *_MIM_CASES,
 ]
 
 
