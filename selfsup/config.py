@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from selfsup.data.imagefolder import DEFAULT_IMAGEFOLDER_SIZE
 from selfsup.eval.evaluate import EVAL_PROTOCOLS
 from selfsup.methods import METHODS
-from selfsup.nets.backbones import check_backbone_name
+from selfsup.nets.backbones import check_backbone_name, is_vit_name
 from selfsup.schema import Section
 from selfsup.views import VIEW_KINDS
 
@@ -65,16 +65,44 @@ class DataConfig(Section):
 
 
 class ViewsConfig(Section):
-    kind: Literal[VIEW_KINDS] | None = Field(None, description="simclr, byol, mocov2, msf, multicrop (DINO's) or "
-                                             "swav_multicrop; null: the method's default")
+    kind: Literal[VIEW_KINDS] | None = Field(None, description="simclr, byol, mocov2, msf, crop (MAE), multicrop "
+                                             "(DINO's) or swav_multicrop; null: the method's default")
     params: dict[str, Any] = Field(default_factory=dict, description="overrides passed to selfsup.views.build_views")
 
 
+class ViTConfig(Section):
+    """The ViT tricks (cookbook, "Techniques for High Performance Masked Image Modeling"), for timm ViT backbones
+    (``timm:vit_*``); null keeps the named timm model's value."""
+
+    patch_size: int | None = Field(None, gt=0, description="patch side in pixels (e.g. 4 at 32 px: 64 tokens)")
+    embed_dim: int | None = Field(None, gt=0, description="token width")
+    depth: int | None = Field(None, gt=0, description="number of blocks")
+    num_heads: int | None = Field(None, gt=0, description="attention heads")
+    mlp_ratio: float | None = Field(None, gt=0, description="MLP hidden width / token width")
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth rate (MAE fine-tune 0.1, DINOv2 0.3)")
+    drop_path: Literal["linear", "uniform"] = Field("linear", description="linear: 0 -> rate over depth (timm, MAE, "
+                                                    "iBOT); uniform: the same rate in every block (DINOv2)")
+    layer_scale: float | None = Field(None, gt=0, description="LayerScale init (DINOv2 1e-5, BEiT/SimMIM 0.1); null: off")
+    qk_norm: bool = Field(False, description="LayerNorm on queries and keys (ViT-22B)")
+    registers: int = Field(0, ge=0, description="register tokens (DINOv2 with registers: 4)")
+    class_token: bool = Field(True, description="a cls token (I-JEPA has none: pool=avg)")
+    pool: Literal["cls", "avg"] = Field("cls", description="features: the cls token, or the mean patch token")
+    fc_norm: bool | None = Field(None, description="LayerNorm after average pooling (MAE fine-tune); null: on for avg")
+    pos_embed: Literal["learn", "sincos"] = Field("learn", description="learned, or fixed 2-D sin-cos (MAE, MoCo v3, "
+                                                  "I-JEPA)")
+    freeze_patch_embed: bool = Field(False, description="MoCo v3's frozen random patch projection")
+
+    def kwargs(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
 class ModelConfig(Section):
-    backbone: str = Field("small_cnn", description="small_cnn, resnet18/34/50 or timm:<name> (a model in timm's list)")
+    backbone: str = Field("small_cnn", description="small_cnn, resnet18/34/50 or timm:<name> (a model in timm's list; "
+                          "timm:vit_* become a selfsup.nets.MaskedViT)")
     width: int = Field(32, gt=0, description="small_cnn base width")
     small_input: bool | None = Field(None, description="ResNet 3x3 stem without max-pool; null: image_size <= 64")
     sync_bn: bool = True
+    vit: ViTConfig = Field(default_factory=ViTConfig, description="ViT options (timm:vit_* backbones only)")
 
     @field_validator("backbone")
     @classmethod
@@ -95,6 +123,9 @@ class OptimConfig(Section):
     warmup_epochs: float = Field(10, ge=0)
     final_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of the peak lr")
     clip_grad: float | None = Field(None, gt=0)
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay in pretraining (DINOv2 0.9): "
+                                      "block i of L trains at decay^(L + 1 - i) x lr; ViT and ResNet backbones")
+    patch_embed_lr_mult: float = Field(1.0, gt=0, description="lr multiplier of the ViT patch embedding (DINOv2 0.2)")
 
 
 class TrainConfig(Section):
@@ -165,6 +196,9 @@ class Recipe(Section):
         if self.optim.warmup_epochs > self.train.epochs:
             raise ValueError(f"optim.warmup_epochs={self.optim.warmup_epochs} exceeds train.epochs={self.train.epochs}; "
                              f"lower optim.warmup_epochs")
+        if self.model.vit != ViTConfig() and not is_vit_name(self.model.backbone):
+            raise ValueError(f"model.vit options apply to timm ViT backbones (timm:vit_*), not {self.model.backbone}; "
+                             f"drop them or set model.backbone=timm:vit_tiny_patch16_224")
         if self.eval.encoder == "teacher" and METHODS[self.method.name].teacher_attr is None:
             raise ValueError(f"eval.encoder=teacher: {self.method.name} has no EMA teacher; use eval.encoder=student "
                              f"(or null, the paper's choice)")

@@ -313,7 +313,6 @@ def test_timm_backbone_without_timm_says_pip_install(capsys, monkeypatch):
 
 
 def test_timm_backbone_known_to_timm_validates():
-    pytest.importorskip("timm", reason="timm is the optional 'vit' extra")
     assert load_recipe(None, ["model.backbone=timm:vit_tiny_patch16_224"]).model.backbone == "timm:vit_tiny_patch16_224"
 
 

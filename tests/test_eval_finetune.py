@@ -9,7 +9,7 @@ from torch import nn
 
 from selfsup.data import ImageArray
 from selfsup.eval.finetune import Classifier, finetune, mixup, smooth_targets
-from selfsup.eval.lrdecay import layer_ids, param_groups_lrd
+from selfsup.nets.layer_decay import layer_ids, param_groups_lrd
 from train_utils import tiny_digits
 from selfsup.nets.backbones import SmallCNN, resnet
 
@@ -63,7 +63,7 @@ def test_small_cnn_stage_ids_and_no_decay_means_one_lr():
 
 
 def test_vit_layer_ids_follow_beit_mae():
-    timm = pytest.importorskip("timm", reason="timm is the optional 'vit' extra: pip install -e \".[vit]\"")
+    import timm
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, patch_size=4, depth=3)
     model = Classifier(vit, nn.Linear(vit.num_features, 10))
     ids = layer_ids(model)

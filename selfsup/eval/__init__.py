@@ -11,7 +11,7 @@ from .features import extract_features
 from .finetune import Classifier, FinetuneResult, finetune, mixup, smooth_targets
 from .guillotine import default_stages, guillotine_probe, layer_features, layer_names
 from .image_probe import eval_view_spec, linear_probe_on_images
-from .lrdecay import layer_ids, param_groups_lrd
+from selfsup.nets.layer_decay import layer_ids, param_groups_lrd
 from .knn import knn_classify, knn_protocol
 from .lowshot import lowshot_linear
 from .metrics import Metric, format_value, metrics_from_dict, metrics_from_knn, metrics_from_probe, results_table

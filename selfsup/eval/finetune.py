@@ -2,7 +2,7 @@
 2022; BEiT, Bao et al., 2022).
 
 A copy of the backbone gets a linear head and is trained end to end with AdamW (or SGD), linear
-warmup + cosine decay, layer-wise lr decay (:mod:`selfsup.eval.lrdecay`), label smoothing
+warmup + cosine decay, layer-wise lr decay (:mod:`selfsup.nets.layer_decay`), label smoothing
 (Szegedy et al., 2016), optional mixup (Zhang et al., 2018) and light crop + flip views. The epoch
 with the best accuracy on a stratified hold-out of the training images is kept.
 """
@@ -27,7 +27,7 @@ from selfsup.views import ViewSpec, apply_view, default_mean_std
 
 from .features import _module_device
 from .image_probe import check_labeled, check_mean_std, eval_view_spec
-from .lrdecay import param_groups_lrd
+from selfsup.nets.layer_decay import param_groups_lrd
 from .splits import stratified_split
 
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -76,6 +76,13 @@ class Method(nn.Module):
         (the embeddings the loss sees for view 0, detached) for logging and the online probe."""
         raise NotImplementedError
 
+    def make_masks(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...] | None:
+        """Patch masks for one step of ``batch`` images (the global batch), drawn on CPU from ``generator``
+        (seeded by the trainer from seed, epoch and step, in the main process, for streamed and in-RAM data
+        alike): a tuple of bool ``[batch, N]`` tensors whose rows the trainer splits between processes and
+        passes to ``forward`` as ``masks=``. None (the default): the method uses no masks."""
+        return None
+
     @torch.no_grad()
     def before_epoch(self, epoch: int) -> dict[str, float]:
         """Work at the start of each epoch (e.g. DeepCluster-v2's k-means). Returns values to log."""
@@ -118,10 +125,14 @@ class Method(nn.Module):
     def param_groups(self) -> list[dict]:
         """Parameter groups for the optimizer. Keys beyond torch's: ``lr_scale`` (multiplies the
         scheduled lr), ``fixed_lr`` (keep the peak lr, no schedule), ``no_decay`` (no weight decay and no
-        LARS adaptation). The default puts biases and norm parameters in a ``no_decay`` group."""
+        LARS adaptation). The default puts biases, norm parameters and the names a submodule lists in
+        ``no_weight_decay()`` (a ViT's cls/register/mask tokens and positions, as MAE and BEiT) in a ``no_decay``
+        group."""
+        skip = {f"{prefix}.{n}" if prefix else n for prefix, m in self.named_modules()
+                if callable(getattr(m, "no_weight_decay", None)) for n in m.no_weight_decay()}
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
         return [{"params": decay}, {"params": no_decay, "no_decay": True}]

@@ -96,26 +96,43 @@ class SmallCNN(nn.Module):
 
 
 def timm_vit(name: str, in_channels: int, image_size: int, **kwargs) -> nn.Module:
-    """A timm ViT (``pip install timm``) with the classifier removed, sized for the images."""
+    """A timm model with the classifier removed, sized for the images (timm ViTs go through MaskedViT)."""
     try:
         import timm
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"backbone 'timm:{name}' needs timm; install it with: pip install 'selfsup[vit]'") from e
+        raise ImportError(f"backbone 'timm:{name}' needs timm; reinstall selfsup (pip install -e .) or pip install timm") from e
     kwargs.setdefault("dynamic_img_size", True)  # multi-crop: local crops (e.g. 96 px) resample the position embedding
     return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels, img_size=image_size, **kwargs)
 
 
+def is_vit_name(name: str) -> bool:
+    """Whether ``name`` is a ``timm:`` model from timm's ``vision_transformer`` module (built as a MaskedViT)."""
+    if not name.startswith("timm:"):
+        return False
+    try:
+        from timm.models import is_model_in_modules
+    except ImportError:
+        return False
+    return is_model_in_modules(name[5:], ["vision_transformer"])
+
+
 def build_backbone(name: str, in_channels: int, image_size: int, small_input: bool | None = None,
-                   width: int = 32, **kwargs) -> nn.Module:
+                   width: int = 32, vit: dict | None = None, **kwargs) -> nn.Module:
     """Backbone from a recipe name: ``small_cnn``, ``resnet18/34/50`` or ``timm:<model>``.
 
-    ``small_input`` defaults to ``image_size <= 64`` for ResNets.
+    ``small_input`` defaults to ``image_size <= 64`` for ResNets. timm ViTs (``timm:vit_*``) become a
+    :class:`selfsup.nets.vit.MaskedViT`, with ``vit`` the options of :func:`selfsup.nets.vit.build_vit`;
+    other timm models are timm's own, classifier removed.
     """
     check_backbone_name(name)
     if name == "small_cnn":
         return SmallCNN(in_channels, width=width)
     if name in RESNETS:
         return resnet(name, in_channels, image_size <= 64 if small_input is None else small_input)
+    if is_vit_name(name):
+        from selfsup.nets.vit import build_vit
+
+        return build_vit(name[5:], in_channels, image_size, **(vit or {}))
     return timm_vit(name[5:], in_channels, image_size, **kwargs)  # a timm: name (checked above)
 
 

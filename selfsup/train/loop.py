@@ -30,8 +30,11 @@ from selfsup.train.schedules import cosine, warmup_cosine
 from selfsup.train.session import EpochState, Session, build_method, make_run_dir, setup
 from selfsup.train.setup import Env, agree_finite, autocast, average_norm_buffers, broadcast_flag
 
-__all__ = ["train", "train_one_epoch", "train_one_step", "optimize_step", "end_epoch", "build_method", "make_run_dir",
+__all__ = ["train", "train_one_epoch", "train_one_step", "step_masks", "optimize_step", "end_epoch", "build_method", "make_run_dir",
            "TIMING_KEYS"]
+
+#: the last part of the per-step mask seed ``mix_seed(seed, epoch, step, MASK_SEED_SALT)``
+MASK_SEED_SALT = 0x3A5C
 
 #: metrics-row keys that measure the machine, not the run (they differ between identical runs)
 TIMING_KEYS = ("step_time", "data_time", "aug_time", "model_time", "img_per_s")
@@ -95,8 +98,9 @@ def train_one_epoch(s: Session, e: EpochState, global_step: int, stop_step: int,
     for step, (x, y) in zip(range(start, end), batches):
         t1 = time.perf_counter()
         indices = next(rows).to(env.device) if rows is not None else None
+        masks = step_masks(s, e.epoch, step)
         values, t_aug = train_one_step(s, e, x, y, indices, where=f"epoch {e.epoch + 1} step {step + 1}",
-                                       progress=(e.epoch * steps + step) / (cfg.train.epochs * steps))
+                                       progress=(e.epoch * steps + step) / (cfg.train.epochs * steps), masks=masks)
         for k, v in values.items():
             e.sums[k] = e.sums.get(k, 0.0) + v
         t2 = time.perf_counter()
@@ -115,8 +119,21 @@ def train_one_epoch(s: Session, e: EpochState, global_step: int, stop_step: int,
     return global_step
 
 
+def step_masks(s: Session, epoch: int, step: int) -> tuple[torch.Tensor, ...] | None:
+    """This step's patch masks (MIM methods), this process's rows: drawn for the whole global batch from
+    ``mix_seed(seed, epoch, step, MASK_SEED_SALT)`` in the main process, whatever the data path, so they
+    depend neither on the loader's workers nor on the number of processes, and resume exactly."""
+    gen = torch.Generator().manual_seed(mix_seed(s.cfg.train.seed, epoch, step, MASK_SEED_SALT))
+    masks = s.method.make_masks(s.cfg.data.batch_size, gen)
+    if masks is None:
+        return None
+    b = s.cfg.data.batch_size // s.env.world_size
+    return tuple(m[s.env.rank * b:(s.env.rank + 1) * b].to(s.env.device, non_blocking=True) for m in masks)
+
+
 def train_one_step(s: Session, e: EpochState, x: torch.Tensor, y: torch.Tensor | None,
-                   indices: torch.Tensor | None, progress: float, where: str) -> tuple[dict[str, float], float]:
+                   indices: torch.Tensor | None, progress: float, where: str,
+                   masks: tuple[torch.Tensor, ...] | None = None) -> tuple[dict[str, float], float]:
     """Schedules, views, one optimisation step, the online probe. Returns the step's values to log
     (averaged over the epoch) and the seconds spent making the views."""
     cfg, env = s.cfg, s.env
@@ -135,7 +152,7 @@ def train_one_step(s: Session, e: EpochState, x: torch.Tensor, y: torch.Tensor |
     t_aug = time.perf_counter() - t_aug
 
     out, extra = optimize_step(s.model, s.method, s.opt, s.scaler, views, progress, y, cfg.train.precision,
-                               env.device, cfg.optim.clip_grad, where=where, indices=indices, env=env)
+                               env.device, cfg.optim.clip_grad, where=where, indices=indices, env=env, masks=masks)
     feats = out["feats"].float()
     if s.probe is not None and y is not None:
         logits = s.probe_model(feats)
@@ -157,13 +174,15 @@ def train_one_step(s: Session, e: EpochState, x: torch.Tensor, y: torch.Tensor |
 def optimize_step(model: nn.Module, method: Method, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                   views: list[torch.Tensor], progress: float, labels: torch.Tensor | None, precision: str,
                   device: torch.device, clip_grad: float | None = None, where: str = "",
-                  indices: torch.Tensor | None = None, env: Env | None = None) -> tuple[dict, dict]:
+                  indices: torch.Tensor | None = None, env: Env | None = None,
+                  masks: tuple[torch.Tensor, ...] | None = None) -> tuple[dict, dict]:
     """One optimisation step: forward (autocast), NaN check (agreed by every rank), backward, the
     method's gradient surgery, clipping, optimizer step, then the method's post-step updates (teacher,
     queues). ``model`` is ``method`` or its DDP wrapper; ``indices`` (dataset rows of the batch) go to
-    methods that need them (``needs_indices``). Returns the forward's outputs and the logged extras."""
+    methods that need them (``needs_indices``), ``masks`` to methods that draw them (``make_masks``). Returns the forward's outputs and the logged extras."""
+    extra = {k: v for k, v in (("indices", indices), ("masks", masks)) if v is not None}
     with autocast(precision, device):
-        out = model(views, progress, labels, **({"indices": indices} if indices is not None else {}))
+        out = model(views, progress, labels, **extra)
     loss = out["loss"]
     agree_finite(loss, env, where or f"progress {progress:.3f}")
     opt.zero_grad(set_to_none=True)

@@ -20,6 +20,7 @@ from selfsup.data import (DataSplits, EpochSampler, StreamLoader, StreamSplit, c
 from selfsup.diagnostics import CollapseMonitor
 from selfsup.methods import METHODS, Method
 from selfsup.nets import build_backbone, feature_dim, online_probe
+from selfsup.nets.layer_decay import apply_layer_decay
 from selfsup.seeds import mix_seed
 from selfsup.train.optim import build_optimizer
 from selfsup.train.schedules import scaled_lr
@@ -31,7 +32,8 @@ def build_method(recipe: Recipe, channels: int, image_size: int, backbone: nn.Mo
     """The recipe's method around ``backbone`` (or the recipe's backbone)."""
     m = recipe.model
     if backbone is None:
-        backbone = build_backbone(m.backbone, channels, image_size, small_input=m.small_input, width=m.width)
+        backbone = build_backbone(m.backbone, channels, image_size, small_input=m.small_input, width=m.width,
+                                  vit=m.vit.kwargs())
     return METHODS[recipe.method.name](backbone, feature_dim(backbone, channels, image_size), recipe.method,
                                        epochs=recipe.train.epochs)
 
@@ -140,7 +142,8 @@ def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, m
         method = method.to(memory_format=torch.channels_last)
     if env.world_size > 1 and cfg.model.sync_bn and env.device.type == "cuda":  # SyncBatchNorm runs on CUDA only
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    opt = build_optimizer(method.param_groups(), cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
+    groups = apply_layer_decay(method.param_groups(), method, cfg.optim.layer_decay, cfg.optim.patch_embed_lr_mult)
+    opt = build_optimizer(groups, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
                           cfg.optim.momentum, cfg.optim.betas, cfg.optim.eta)
     num_classes = data.num_classes if labels_ok else None
     probe = online_probe(method.feat_dim, num_classes).to(env.device) if cfg.train.online_probe and num_classes else None

@@ -51,6 +51,7 @@ from selfsup.views.paper_views import (
     multicrop_views,
     simclr_views,
     swav_multicrop_views,
+    crop_views,
 )
 from selfsup.views.pipelines import (
     Crops,
@@ -118,6 +119,7 @@ __all__ = [
     "simclr_views",
     "solarize",
     "swav_multicrop_views",
+    "crop_views",
     "torchvision_view",
     "torchvision_views",
 ]

@@ -17,7 +17,7 @@ from selfsup.views.pipelines import IMAGENET_MEAN, IMAGENET_STD, MultiView, View
     local_crop_size, replace_all
 
 __all__ = ["simclr_views", "byol_views", "multicrop_views", "mocov2_views", "msf_views", "swav_multicrop_views",
-           "build_views", "VIEW_KINDS"]
+           "crop_views", "build_views", "VIEW_KINDS"]
 
 # ---------------------------------------------------------------------------------------
 # Paper recipes. Crop sizes follow ``image_size``; blur kernels are ~10% of each view's side.
@@ -173,8 +173,20 @@ def msf_views(
     return MultiView([strong, weak], [], mean, std)
 
 
+def crop_views(
+    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, n_views: int = 1
+) -> MultiView:
+    """The masked-image-modeling views: ``n_views`` RandomResizedCrops with scale (0.2, 1) and a flip, no
+    colour (MAE, He et al. 2022, Sec. A.1; official ``main_pretrain.py``). SimMIM (scale 0.67-1), I-JEPA
+    (scale 0.3-1, no flip) and data2vec 2.0 override ``scale`` / ``flip_p`` in their recipes."""
+    _check_image_size(image_size)
+    if isinstance(n_views, bool) or not isinstance(n_views, int) or n_views < 1:
+        raise ValueError(f"n_views must be an int >= 1, got {n_views!r}")
+    return MultiView([ViewSpec(size=image_size, scale=(0.2, 1.0)) for _ in range(n_views)], [], mean, std)
+
+
 _RECIPES = {"simclr": simclr_views, "byol": byol_views, "multicrop": multicrop_views, "mocov2": mocov2_views,
-            "msf": msf_views, "swav_multicrop": swav_multicrop_views}
+            "msf": msf_views, "swav_multicrop": swav_multicrop_views, "crop": crop_views}
 _MULTICROP_EXTRAS = {"n_global", "n_local", "global_scale", "local_scale", "local_size"}
 _RECIPE_EXTRAS = {
     "simclr": {"strength"},
@@ -183,6 +195,7 @@ _RECIPE_EXTRAS = {
     "mocov2": {"n_views"},
     "msf": {"weak_target"},
     "swav_multicrop": _MULTICROP_EXTRAS,
+    "crop": {"n_views"},
 }
 VIEW_KINDS = tuple(_RECIPES)
 
@@ -197,7 +210,7 @@ def build_views(
 ) -> MultiView:
     """Build a recipe's ``MultiView`` by name, ``kind`` in :data:`VIEW_KINDS`: "simclr" (SimCLR),
     "byol" (BYOL), "multicrop" (DINO's), "mocov2" (MoCo v2, SimSiam), "msf" (MSF's weak/strong),
-    "swav_multicrop" (SwAV's, DeepCluster-v2's).
+    "swav_multicrop" (SwAV's, DeepCluster-v2's), "crop" (MAE's crop and flip, no colour).
 
     ``overrides`` are ViewSpec fields applied to every view (e.g. ``scale=(0.2, 1.0)``,
     ``blur_p=0.0``) plus the recipe's own arguments (simclr: ``strength``; mocov2: ``n_views``;

@@ -174,3 +174,32 @@ def param_groups_lrd(
         group["names"].append(name)
     return [groups[k] for k in sorted(groups)]
 
+
+
+def apply_layer_decay(groups: list[dict], model: nn.Module, layer_decay: float | None = None,
+                      patch_embed_lr_mult: float = 1.0) -> list[dict]:
+    """Split a method's parameter groups so each parameter's ``lr_scale`` also carries its depth.
+
+    For pretraining (DINOv2: ``layerwise_decay 0.9``, ``patch_embed_lr_mult 0.2``): every group of
+    ``groups`` (as from ``Method.param_groups()``, flags kept) is split by :func:`layer_ids` of ``model``, and
+    the parameters at depth ``i`` get ``lr_scale *= layer_decay ** (L_top - i)``; parameters under a
+    ``patch_embed`` module also get ``*= patch_embed_lr_mult``. Heads and projectors sit at ``L_top``
+    (scale 1). ``layer_decay=None`` and ``patch_embed_lr_mult=1`` return ``groups`` unchanged.
+    """
+    if layer_decay in (None, 1.0) and patch_embed_lr_mult == 1.0:
+        return groups
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1] or None, got {layer_decay}")
+    if patch_embed_lr_mult <= 0:
+        raise ValueError(f"patch_embed_lr_mult must be > 0, got {patch_embed_lr_mult}")
+    ids, top = _ids_and_top(model) if layer_decay not in (None, 1.0) else ({}, 0)
+    info = {id(p): (ids.get(n, top), ".patch_embed." in f".{n}") for n, p in model.named_parameters()}
+    out: list[dict] = []
+    for g in groups:
+        parts: dict[tuple[int, bool], list] = {}
+        for p in g["params"]:
+            parts.setdefault(info.get(id(p), (top, False)), []).append(p)
+        for (lid, is_patch), params in sorted(parts.items(), key=lambda kv: kv[0]):
+            scale = g.get("lr_scale", 1.0) * (1.0 if layer_decay is None else layer_decay ** (top - lid))
+            out.append({**g, "params": params, "lr_scale": scale * (patch_embed_lr_mult if is_patch else 1.0)})
+    return out
