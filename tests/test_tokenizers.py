@@ -48,7 +48,7 @@ def mixed() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def fitted(mixed) -> KMeansPatchTokenizer:
-    return KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, max_patches=2000, seed=0)
+    return KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, max_patches=500, seed=0)
 
 
 # -- patches ------------------------------------------------------------------------------------------
@@ -86,15 +86,29 @@ def test_protocol():
 
 
 def test_deterministic_for_a_seed_and_independent_of_batching(mixed, fitted):
-    again = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, max_patches=2000, seed=0)
+    again = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, max_patches=500, seed=0)
     assert torch.equal(again.centroids, fitted.centroids)
     assert torch.equal(again(mixed), fitted(mixed))
     # the same images in uneven batches, as (images, labels) pairs: same sample, same centroids
     batches = [(mixed[:5], None), (mixed[5:31], None), (mixed[31:], None)]
-    batched = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(iter(batches), max_patches=2000, seed=0)
+    batched = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(iter(batches), max_patches=500, seed=0)
     assert torch.equal(batched.centroids, fitted.centroids)
-    other = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, max_patches=2000, seed=1)
+    other = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, max_patches=500, seed=1)
     assert not torch.equal(other.centroids, fitted.centroids)
+
+
+def test_patch_sample_is_uniform_without_replacement(mixed):
+    tok = KMeansPatchTokenizer(vocab_size=16, patch_size=P)
+    allp = normalize_patches(patchify(mixed, P)).reshape(-1, 48)  # 768 patches, horizontal then vertical
+    s = tok.sample_patches(mixed, max_patches=200, seed=0)
+    assert s.shape == (200, 48)
+    idx = torch.cdist(s, allp).argmin(1)
+    assert torch.equal(allp[idx], s) and idx.unique().numel() == 200  # real patches, no repeats
+    assert 60 < int((idx < 384).sum()) < 140  # both halves of the data, not the first 200 seen
+    again = tok.sample_patches([mixed[:7], mixed[7:]], max_patches=200, seed=0)
+    assert torch.equal(again, s)
+    assert not torch.equal(tok.sample_patches(mixed, max_patches=200, seed=1), s)
+    assert tok.sample_patches(mixed, max_patches=10_000, seed=0).shape == (768, 48)  # all of them
 
 
 def test_tokens_shape_dtype_range(mixed, fitted):
@@ -110,6 +124,21 @@ def test_assignment_is_nearest_centroid_and_chunking_does_not_matter(mixed, fitt
     small = KMeansPatchTokenizer(vocab_size=16, patch_size=P, chunk_size=7)
     small.load_state_dict(fitted.state_dict())
     assert torch.equal(small(mixed), fitted(mixed))
+    # centroids of unequal norms (set by hand): still the nearest by squared distance, not max dot
+    g = torch.Generator().manual_seed(4)
+    state = {**fitted.state_dict(), "centroids": torch.randn(16, 48, generator=g) * torch.rand(16, 1, generator=g) * 3}
+    small.load_state_dict(state)
+    ref = torch.cdist(x.reshape(-1, 48).double(), state["centroids"].double()).argmin(1)
+    assert torch.equal(small(mixed).reshape(-1), ref)
+
+
+def test_fitted_centroids_are_standardised_like_patches(fitted):
+    c = fitted.centroids
+    assert c.shape == (16, 48) and c.dtype == torch.float32
+    torch.testing.assert_close(c.mean(1), torch.zeros(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(c.std(1), torch.ones(16), atol=1e-3, rtol=0)
+    flat = fitted(torch.full((2, 3, 16, 16), 0.3))  # constant patches all share one token
+    assert flat.unique().numel() == 1
 
 
 def test_centroids_as_patches_get_their_own_ids(fitted):
