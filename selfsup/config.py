@@ -114,6 +114,8 @@ class OptimConfig(Section):
     name: Literal["sgd", "adamw", "lars"] = "lars"
     lr: float = Field(0.3, gt=0, description="base learning rate, per 256 images (see lr_scaling)")
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    lr_reference_batch: int | None = Field(None, gt=0, description="the batch at which lr is the base lr (null: 256 "
+                                           "for linear, 1 for sqrt; SimMIM 512, DINOv2 sqrt w.r.t. 1024)")
     weight_decay: float = Field(1e-6, ge=0)
     weight_decay_end: float | None = Field(None, ge=0, description="cosine weight-decay schedule end (DINO)")
     momentum: float = Field(0.9, ge=0, lt=1)

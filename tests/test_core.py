@@ -108,6 +108,8 @@ def test_schedules():
     assert cosine(0.04, 0.4, 0.5) == pytest.approx(0.22)
     assert scaled_lr(0.3, 512) == pytest.approx(0.6)
     assert scaled_lr(0.075, 4096, "sqrt") == pytest.approx(0.075 * 64)
+    assert scaled_lr(1e-4, 2048, "linear", 512) == pytest.approx(4e-4)  # SimMIM's B/512
+    assert scaled_lr(0.004, 4096, "sqrt", 1024) == pytest.approx(0.008)  # DINOv2's sqrt_wrt_1024
 
 
 def ref_lars_step(w, g, mu, lr, wd, eta, m):

@@ -224,6 +224,23 @@ ROWS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+def _family_rows() -> list[tuple[str, str, Any, str]]:
+    """Rows kept beside a method family's own tests: every ``tests/recipe_rows_*.py`` defines ``ROWS``."""
+    import importlib.util
+    from pathlib import Path
+
+    rows = []
+    for path in sorted(Path(__file__).parent.glob("recipe_rows_*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        rows += module.ROWS
+    return rows
+
+
+ROWS += _family_rows()
+
+
 def _views(recipe: Recipe) -> MultiView:
     kind = recipe.views.kind or METHODS[recipe.method.name].default_views
     return build_views(kind, recipe.data.image_size, 3, **recipe.views.params)

@@ -116,3 +116,8 @@ def random_init_knn(backbone: torch.nn.Module, data: DataSplits) -> float:
     """The random-init baseline: the better kNN top-1 of ``backbone`` as it is and with its BatchNorm
     statistics re-estimated on the training images."""
     return max(knn_top1(backbone, data), knn_top1(bn_recalibrated(backbone, data.train.images), data))
+
+
+#: A 2-block, 32-wide ViT at patch 4 (16 tokens at 16 px), to follow TINY in a short run's overrides.
+VIT_TINY = ["model.backbone=timm:vit_tiny_patch16_224", "model.vit.patch_size=4", "model.vit.embed_dim=32",
+            "model.vit.depth=2", "model.vit.num_heads=2"]

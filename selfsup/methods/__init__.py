@@ -20,6 +20,14 @@ from selfsup.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
 from selfsup.methods.swav import SwAV, SwAVConfig
 from selfsup.methods.wmse import WMSE, WMSEConfig
 from selfsup.methods.deepcluster_v2 import DeepClusterV2, DeepClusterV2Config
+from selfsup.methods.ibot import IBOT, IBOTConfig
+from selfsup.methods.dinov2 import DINOv2, DINOv2Config
+from selfsup.methods.ijepa import IJEPA, IJEPAConfig
+from selfsup.methods.data2vec2 import Data2Vec2, Data2Vec2Config
+from selfsup.methods.mae import MAE, MAEConfig
+from selfsup.methods.simmim import SimMIM, SimMIMConfig
+from selfsup.methods.msn import MSN, PMSN, MSNConfig, PMSNConfig
+from selfsup.methods.beit import BEiT, BEiTConfig
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -42,6 +50,15 @@ METHODS: dict[str, type[Method]] = {
     "swav": SwAV,
     "wmse": WMSE,
     "deepcluster_v2": DeepClusterV2,
+    "ibot": IBOT,
+    "dinov2": DINOv2,
+    "ijepa": IJEPA,
+    "data2vec2": Data2Vec2,
+    "mae": MAE,
+    "simmim": SimMIM,
+    "msn": MSN,
+    "pmsn": PMSN,
+    "beit": BEiT,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig", "encode_views", "n_global_views", "SimCLR", "SimCLRConfig", "BYOL", "BYOLConfig",
@@ -52,3 +69,7 @@ __all__ += ["SupCon", "SupConConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV
             "DML", "DMLConfig"]
 __all__ += ["BarlowTwins", "BarlowTwinsConfig", "SwAV", "SwAVConfig", "WMSE", "WMSEConfig", "DeepClusterV2",
             "DeepClusterV2Config"]
+__all__ += ["MAE", "MAEConfig", "SimMIM", "SimMIMConfig"]
+__all__ += ["IJEPA", "IJEPAConfig", "Data2Vec2", "Data2Vec2Config"]
+__all__ += ["MSN", "MSNConfig", "PMSN", "PMSNConfig", "BEiT", "BEiTConfig"]
+__all__ += ["IBOT", "IBOTConfig", "DINOv2", "DINOv2Config"]

@@ -9,12 +9,17 @@ fraction of training done, in [0, 1]; schedules are functions of it.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn as nn
 
 from selfsup.schema import Section
+
+if TYPE_CHECKING:
+    from selfsup.nets.vit import MaskedViT
 
 
 class MethodConfig(Section):
@@ -48,6 +53,21 @@ def n_global_views(views: list[torch.Tensor]) -> int:
     return n
 
 
+def require_vit(backbone: nn.Module, method: str) -> "MaskedViT":
+    """``backbone`` if it is a :class:`MaskedViT`, else a one-line ValueError naming the fix."""
+    from selfsup.nets.vit import MaskedViT
+
+    if not isinstance(backbone, MaskedViT):
+        raise ValueError(f"{method} needs a ViT backbone (selfsup.nets.MaskedViT), got {type(backbone).__name__}; set "
+                         f"model.backbone=timm:vit_tiny_patch16_224 (or another timm:vit_* name)")
+    return backbone
+
+
+def fresh_generator() -> torch.Generator:
+    """A CPU generator seeded from torch's global RNG, for masks drawn outside the trainer."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+
+
 class Method(nn.Module):
     """Base class: subclasses define ``Config``, ``__init__`` and ``forward``."""
 
@@ -62,6 +82,9 @@ class Method(nn.Module):
     eval_encoder: ClassVar[Literal["student", "teacher"]] = "student"
     #: the attribute holding the EMA teacher (an ``EMA`` of ``Sequential(backbone, head)``); None: no teacher
     teacher_attr: ClassVar[str | None] = None
+    #: how many training images :meth:`prepare` wants before the first epoch of a new run (0: no call);
+    #: an instance may set it from its config (BEiT's k-means tokenizer sample)
+    prepare_images: int = 0
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MethodConfig, epochs: int = 100) -> None:
         super().__init__()
@@ -82,6 +105,15 @@ class Method(nn.Module):
         alike): a tuple of bool ``[batch, N]`` tensors whose rows the trainer splits between processes and
         passes to ``forward`` as ``masks=``. None (the default): the method uses no masks."""
         return None
+
+    @torch.no_grad()
+    def prepare(self, images: Iterable[torch.Tensor], run_dir: Path | None = None) -> dict[str, float]:
+        """One-time work before the first epoch of a new run (e.g. fitting BEiT's tokenizer), on batches
+        ``[b, C, H, W]`` of normalised training images (:attr:`prepare_images` of them, a seeded sample at
+        the recipe's image size). The trainer calls it in the main process only, then broadcasts the
+        method's buffers, and never on resume: keep what it makes in buffers (checkpointed).
+        ``run_dir``: where the run may cache files. Returns values to log."""
+        return {}
 
     @torch.no_grad()
     def before_epoch(self, epoch: int) -> dict[str, float]:

@@ -19,13 +19,16 @@ def warmup_cosine(peak: float, progress: float, warmup: float, final: float = 0.
     return cosine(peak, final, (progress - warmup) / max(1.0 - warmup, 1e-12))
 
 
-def scaled_lr(base_lr: float, batch_size: int, rule: str = "linear") -> float:
-    """Batch-size scaling of the base lr: ``linear`` = base x B/256 (Goyal et al., 2017);
-    ``sqrt`` = base x sqrt(B) as in SimCLR's appendix B.1 (base 0.075); ``none`` = base."""
+def scaled_lr(base_lr: float, batch_size: int, rule: str = "linear", reference: int | None = None) -> float:
+    """Batch-size scaling of the base lr: ``linear`` = base x B/reference (reference 256 by default, Goyal et
+    al., 2017; SimMIM uses 512); ``sqrt`` = base x sqrt(B/reference) (reference 1 by default: SimCLR's appendix
+    B.1, base 0.075; DINOv2 uses 1024); ``none`` = base."""
+    if reference is not None and reference <= 0:
+        raise ValueError(f"the lr reference batch must be > 0, got {reference}")
     if rule == "linear":
-        return base_lr * batch_size / 256
+        return base_lr * batch_size / (reference or 256)
     if rule == "sqrt":
-        return base_lr * math.sqrt(batch_size)
+        return base_lr * math.sqrt(batch_size / (reference or 1))
     if rule == "none":
         return base_lr
     raise ValueError(f"unknown lr scaling rule '{rule}'; choose linear, sqrt or none")

@@ -163,7 +163,8 @@ def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, m
     return Session(cfg, env, data, views_fn, method, _ddp(method, env), opt,
                    torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16"), probe,
                    _ddp(probe, env) if probe is not None else None, probe_opt, sampler,
-                   scaled_lr(cfg.optim.lr, cfg.data.batch_size, cfg.optim.lr_scaling), meta, stream=stream, log=log)
+                   scaled_lr(cfg.optim.lr, cfg.data.batch_size, cfg.optim.lr_scaling,
+                             cfg.optim.lr_reference_batch), meta, stream=stream, log=log)
 
 
 def _ddp(module: nn.Module, env: Env) -> nn.Module:
