@@ -30,11 +30,13 @@ from selfsup.train.schedules import cosine, warmup_cosine
 from selfsup.train.session import EpochState, Session, build_method, make_run_dir, setup
 from selfsup.train.setup import Env, agree_finite, autocast, average_norm_buffers, broadcast_flag
 
-__all__ = ["train", "train_one_epoch", "train_one_step", "step_masks", "optimize_step", "end_epoch", "build_method", "make_run_dir",
+__all__ = ["train", "prepare_method", "train_one_epoch", "train_one_step", "step_masks", "optimize_step", "end_epoch", "build_method", "make_run_dir",
            "TIMING_KEYS"]
 
 #: the last part of the per-step mask seed ``mix_seed(seed, epoch, step, MASK_SEED_SALT)``
 MASK_SEED_SALT = 0x3A5C
+#: the last part of the seed of :func:`prepare_method`'s image sample
+PREPARE_SEED_SALT = 0x9E7A
 
 #: metrics-row keys that measure the machine, not the run (they differ between identical runs)
 TIMING_KEYS = ("step_time", "data_time", "aug_time", "model_time", "img_per_s")
@@ -56,6 +58,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         global_step, epoch_state = resume_from(s)
     else:
         global_step, epoch_state = start_run(s, overwrite)
+        prepare_method(s)
     cfg, env, steps, epochs = s.cfg, s.env, s.steps, s.cfg.train.epochs
     if env.is_main:
         log(f"{s.data.summary()} | {cfg.method.name} on {cfg.model.backbone} ({s.method.feat_dim}-d), "
@@ -79,6 +82,31 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
     if bar is not None:
         bar.close()
     return s.run
+
+
+def prepare_method(s: Session, batch: int = 256) -> None:
+    """A new run's one-time :meth:`Method.prepare` (e.g. BEiT's tokenizer fit) on ``method.prepare_images``
+    training images drawn without replacement from ``mix_seed(seed, PREPARE_SEED_SALT)``, at the recipe's
+    image size (the evaluation transform for streamed files), normalised like the views. It runs in the
+    main process; the method's buffers are then broadcast from it to every rank."""
+    n = min(int(getattr(s.method, "prepare_images", 0)), len(s.data.train))
+    if n <= 0:
+        return
+    env, split = s.env, s.data.train
+    if env.is_main:
+        gen = torch.Generator().manual_seed(mix_seed(s.cfg.train.seed, PREPARE_SEED_SALT))
+        rows = torch.randperm(len(split), generator=gen)[:n].sort().values
+        mean = torch.tensor(s.meta["mean"], device=env.device).view(1, -1, 1, 1)
+        std = torch.tensor(s.meta["std"], device=env.device).view(1, -1, 1, 1)
+        batches = ((split.batch(rows[i:i + batch])[0].to(env.device).float() / 255 - mean) / std
+                   for i in range(0, n, batch))
+        t0 = time.perf_counter()
+        logs = s.method.prepare(batches, s.run)
+        s.log(f"{s.cfg.method.name}: prepared on {n} training images in {time.perf_counter() - t0:.1f} s"
+              + "".join(f", {k} {v:.4g}" for k, v in logs.items()))
+    if env.world_size > 1:
+        for b in s.method.buffers():
+            torch.distributed.broadcast(b, 0)
 
 
 def train_one_epoch(s: Session, e: EpochState, global_step: int, stop_step: int, bar) -> int:
