@@ -21,6 +21,7 @@ from selfsup.nets.tokenizers import (
 )
 
 P = 4  # CIFAR-scale patch
+FIT = dict(max_patches=500, n_init=1, n_threads=1)  # 500 of the 768 patches; one thread: tiny fit
 
 
 def _unpatchify(x: torch.Tensor, p: int, h: int, w: int, c: int) -> torch.Tensor:
@@ -48,7 +49,7 @@ def mixed() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def fitted(mixed) -> KMeansPatchTokenizer:
-    return KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, max_patches=500, seed=0)
+    return KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, **FIT, seed=0)
 
 
 # -- patches ------------------------------------------------------------------------------------------
@@ -65,7 +66,8 @@ def test_patchify_matches_plain_loops():
                 for i in range(p):
                     for j in range(p):
                         for ch in range(c):  # MAE: channel last inside the patch
-                            assert out[n, r * (w // p) + col, (i * p + j) * c + ch] == img[n, ch, r * p + i, col * p + j]
+                            got = out[n, r * (w // p) + col, (i * p + j) * c + ch]
+                            assert got == img[n, ch, r * p + i, col * p + j]
     assert torch.equal(_unpatchify(out, p, h // p, w // p, c), img)
 
 
@@ -86,14 +88,14 @@ def test_protocol():
 
 
 def test_deterministic_for_a_seed_and_independent_of_batching(mixed, fitted):
-    again = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, max_patches=500, seed=0)
+    again = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, **FIT, seed=0)
     assert torch.equal(again.centroids, fitted.centroids)
     assert torch.equal(again(mixed), fitted(mixed))
     # the same images in uneven batches, as (images, labels) pairs: same sample, same centroids
     batches = [(mixed[:5], None), (mixed[5:31], None), (mixed[31:], None)]
-    batched = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(iter(batches), max_patches=500, seed=0)
+    batched = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(iter(batches), **FIT, seed=0)
     assert torch.equal(batched.centroids, fitted.centroids)
-    other = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, max_patches=500, seed=1)
+    other = KMeansPatchTokenizer(vocab_size=16, patch_size=P).fit(mixed, **FIT, seed=1)
     assert not torch.equal(other.centroids, fitted.centroids)
 
 
@@ -126,7 +128,8 @@ def test_assignment_is_nearest_centroid_and_chunking_does_not_matter(mixed, fitt
     assert torch.equal(small(mixed), fitted(mixed))
     # centroids of unequal norms (set by hand): still the nearest by squared distance, not max dot
     g = torch.Generator().manual_seed(4)
-    state = {**fitted.state_dict(), "centroids": torch.randn(16, 48, generator=g) * torch.rand(16, 1, generator=g) * 3}
+    cents = torch.randn(16, 48, generator=g) * torch.rand(16, 1, generator=g) * 3
+    state = {**fitted.state_dict(), "centroids": cents}
     small.load_state_dict(state)
     ref = torch.cdist(x.reshape(-1, 48).double(), state["centroids"].double()).argmin(1)
     assert torch.equal(small(mixed).reshape(-1), ref)
@@ -160,7 +163,9 @@ def test_affine_rescaled_patches_get_the_same_token(mixed, fitted):
 
 def test_tokens_separate_two_textures(fitted):
     horiz, vert = _stripes(16, False, 11), _stripes(16, True, 12)  # unseen images
-    hist = lambda imgs: torch.stack([torch.bincount(t, minlength=16).float() / t.numel() for t in fitted(imgs)])
+    def hist(imgs):
+        return torch.stack([torch.bincount(t, minlength=16).float() / t.numel() for t in fitted(imgs)])
+
     ha, hb = hist(horiz), hist(vert)
     tv = 0.5 * (ha.mean(0) - hb.mean(0)).abs().sum()
     assert tv > 0.9, tv
@@ -184,7 +189,8 @@ def test_save_load_roundtrip(tmp_path, mixed, fitted):
 
 
 def test_fit_tokenizer_convenience(mixed):
-    tok = fit_tokenizer(mixed, kind="kmeans", vocab_size=8, patch_size=P, seed=0, max_patches=1000)
+    tok = fit_tokenizer(mixed, kind="kmeans", vocab_size=8, patch_size=P, seed=0, max_patches=1000,
+                        n_threads=1)
     assert isinstance(tok, KMeansPatchTokenizer) and tok.vocab_size == 8 and tok.fitted
     assert isinstance(fit_tokenizer(None, kind="hog", patch_size=P), HOGTargets)
     with pytest.raises(ValueError, match="unknown kind"):
@@ -258,7 +264,8 @@ def _hog_reference(img: np.ndarray, p: int, cell: int, nb: int) -> np.ndarray:
     out = []
     for r in range(h // p):
         for col in range(w // p):
-            feats = [hist[ch, r * k + a, col * k + b_] for a in range(k) for b_ in range(k) for ch in range(c)]
+            feats = [hist[ch, r * k + a, col * k + b_]
+                     for a in range(k) for b_ in range(k) for ch in range(c)]
             out.append(np.concatenate(feats))
     return np.stack(out)
 

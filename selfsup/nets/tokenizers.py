@@ -192,7 +192,8 @@ class KMeansPatchTokenizer:
         smallest keys are kept (reservoir sampling), so memory stays bounded for any data size.
         """
         if int(max_patches) != max_patches or max_patches < self.vocab_size:
-            raise ValueError(f"fit: max_patches ({max_patches}) must be an int >= vocab_size ({self.vocab_size})")
+            raise ValueError(f"fit: max_patches ({max_patches}) must be an int >= vocab_size "
+                             f"({self.vocab_size})")
         gen = torch.Generator().manual_seed(int(seed))
         kept: torch.Tensor | None = None
         keys: torch.Tensor | None = None
@@ -206,7 +207,8 @@ class KMeansPatchTokenizer:
             if dim is None:
                 dim, self.in_chans = x.shape[1], int(batch.shape[1])
             elif x.shape[1] != dim:
-                raise ValueError(f"fit: images have {batch.shape[1]} channels, earlier ones had {self.in_chans}")
+                raise ValueError(f"fit: images have {batch.shape[1]} channels, earlier ones had "
+                                 f"{self.in_chans}")
             k = torch.rand(x.shape[0], generator=gen, dtype=torch.float64)
             if kept is not None:
                 x, k = torch.cat([kept, x]), torch.cat([keys, k])
@@ -221,10 +223,15 @@ class KMeansPatchTokenizer:
         return kept.contiguous()
 
     def fit(self, images: Any, max_patches: int = 100_000, seed: int = 0, *, batch_size: int | None = None,
-            max_iter: int = 100, n_init: int = 3) -> "KMeansPatchTokenizer":
+            max_iter: int = 100, n_init: int = 3, n_threads: int | None = None) -> "KMeansPatchTokenizer":
         """Fit the centroids on ``images``: a tensor ``[B, C, H, W]`` or an iterable of batches
-        (tensors, or ``(images, ...)`` tuples as a DataLoader yields). Returns ``self``."""
+        (tensors, or ``(images, ...)`` tuples as a DataLoader yields). Returns ``self``.
+
+        ``n_threads`` caps scikit-learn's OpenMP/BLAS threads during the fit (``None``: its
+        default). On a small sample or a busy machine ``n_threads=1`` is much faster.
+        """
         from sklearn.cluster import MiniBatchKMeans
+        from threadpoolctl import threadpool_limits
 
         x = self.sample_patches(images, max_patches=max_patches, seed=seed)
         km = MiniBatchKMeans(
@@ -234,7 +241,8 @@ class KMeansPatchTokenizer:
             n_init=n_init,
             random_state=int(seed),
         )
-        km.fit(x.numpy())
+        with threadpool_limits(limits=n_threads):
+            km.fit(x.numpy())
         c = torch.from_numpy(np.ascontiguousarray(km.cluster_centers_, dtype=np.float32))
         self.centroids = normalize_patches(c, self.eps).contiguous()
         return self
@@ -274,7 +282,8 @@ class KMeansPatchTokenizer:
 
     def _centroids(self, who: str) -> torch.Tensor:
         if self.centroids is None:
-            raise ValueError(f"{who}: KMeansPatchTokenizer is not fitted; call fit() or load_state_dict() first")
+            raise ValueError(f"{who}: KMeansPatchTokenizer is not fitted; call fit() or "
+                             "load_state_dict() first")
         return self.centroids
 
     # -- state ---------------------------------------------------------------------------------------
