@@ -126,7 +126,7 @@ class DINOv2(IBOT):
         else:
             loss_dino = self.criterion(student, e["t_cls"].chunk(g), temp)
         loss_ibot = patch_loss(self.head.patch(e["patches"]), probs, mask, cfg.student_temp)
-        koleo = sum(koleo_loss(c.float()) for c in e["h"][: mask.shape[0]].chunk(g))
+        koleo = sum(koleo_loss(c) for c in e["h"][: mask.shape[0]].chunk(g))
         loss = cfg.dino_loss_weight * loss_dino + cfg.ibot_loss_weight * loss_ibot + cfg.koleo_loss_weight * koleo
         return {"loss": loss, "loss_dino": loss_dino.detach(), "loss_ibot": loss_ibot.detach(),
                 "loss_koleo": koleo.detach(), "teacher_temp": torch.tensor(temp)}
