@@ -18,6 +18,7 @@ from selfsup.data.imagefolder import DEFAULT_IMAGEFOLDER_SIZE
 from selfsup.eval.evaluate import EVAL_PROTOCOLS
 from selfsup.methods import METHODS
 from selfsup.nets.backbones import check_backbone_name, is_vit_name
+from selfsup.nets.vit import VIT_FEATURES
 from selfsup.schema import Section
 from selfsup.views import VIEW_KINDS
 
@@ -174,9 +175,20 @@ class EvalConfig(Section):
     image_probe_epochs: int = Field(20, gt=0)
     knn_k: list[int] = Field(default_factory=lambda: [20, 200])
     knn_temperature: float = Field(0.07, gt=0)
+    features: list[str] | None = Field(None, description="frozen ViT readouts: pool, cls, avg, cls_avg, last4_cls, "
+                                       "last4_cls_avg; the first feeds every protocol, the rest a linear probe each. "
+                                       "null: the method's (MAE cls, I-JEPA avg, DINOv2 its last-4 grid)")
+    finetune_features: str | None = Field(None, description="readout fine-tuning trains from (null: the method's; "
+                                          "MAE avg)")
+    linear_optimizer: Literal["sgd", "lars", "adamw"] | None = Field(None, description="linear probe optimizer "
+                                                                     "(null: the method's; MAE lars, else sgd)")
+    linear_batchnorm: bool | None = Field(None, description="BatchNorm without affine before the linear probe "
+                                          "(null: the method's; MAE true)")
     linear_epochs: int = Field(100, gt=0)
-    linear_lrs: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
-    linear_wds: list[float] = Field(default_factory=lambda: [0.0, 1e-5, 1e-4])
+    linear_lrs: list[float] | None = Field(None, description="linear probe lr grid (null: the method's, else "
+                                           "0.01, 0.03, 0.1, 0.3, 1.0)")
+    linear_wds: list[float] | None = Field(None, description="linear probe weight-decay grid (null: the method's, "
+                                           "else 0, 1e-5, 1e-4)")
     batch_size: int = Field(256, gt=0)
 
 
@@ -201,6 +213,9 @@ class Recipe(Section):
         if self.model.vit != ViTConfig() and not is_vit_name(self.model.backbone):
             raise ValueError(f"model.vit options apply to timm ViT backbones (timm:vit_*), not {self.model.backbone}; "
                              f"drop them or set model.backbone=timm:vit_tiny_patch16_224")
+        bad = [f for f in [*(self.eval.features or []), self.eval.finetune_features] if f and f not in VIT_FEATURES]
+        if bad:
+            raise ValueError(f"eval.features: unknown readout {bad[0]!r}; choose from {', '.join(VIT_FEATURES)}")
         if self.eval.encoder == "teacher" and METHODS[self.method.name].teacher_attr is None:
             raise ValueError(f"eval.encoder=teacher: {self.method.name} has no EMA teacher; use eval.encoder=student "
                              f"(or null, the paper's choice)")

@@ -22,8 +22,14 @@ from selfsup.eval.evaluate import EVAL_PROTOCOLS, FEATURE_PROTOCOLS, LABEL_PROTO
 from selfsup.eval import (Metric, evaluate, extract_features, finetune, guillotine_probe, lidar,
                           linear_probe_on_images, metrics_from_probe, results_table, stratified_split)
 from selfsup.rundir import chosen_encoder, encoder_parts, load_method, load_recipe_of, read_metrics
+from selfsup.methods import METHODS
 from selfsup.nets import online_probe
+from selfsup.nets.vit import MaskedViT, vit_features
 from selfsup.views import build_views
+
+
+#: the linear-probe grid unless the method or the recipe gives one (eval.linear_lrs / linear_wds)
+LINEAR_LRS, LINEAR_WDS = (0.01, 0.03, 0.1, 0.3, 1.0), (0.0, 1e-5, 1e-4)
 
 
 def features_of(backbone: nn.Module, split: ImageArray, mean, std, device: torch.device,
@@ -72,33 +78,52 @@ def evaluate_backbone(backbone: nn.Module, data: DataSplits, recipe: Recipe, met
     if not labelled:
         log("no labels: skipping kNN, probes and fine-tuning; reporting label-free metrics only")
         protocols = [p for p in protocols if p not in LABEL_PROTOCOLS]
-    train_f = features_of(backbone, train_set, mean, std, device)
-    test_f = features_of(backbone, test_set, mean, std, device) if test_set is not None else train_f
+    method_cls = METHODS[recipe.method.name]
+    kinds = list(e.features or method_cls.eval_features)
+    if not isinstance(backbone, MaskedViT):  # the method's ViT readouts need a ViT (a user's backbone may differ)
+        kinds = [k for k in kinds if k == "pool"] or ["pool"] if e.features is None else kinds
+    readout = vit_features(backbone, kinds[0])
+    train_f = features_of(readout, train_set, mean, std, device)
+    test_f = features_of(readout, test_set, mean, std, device) if test_set is not None else train_f
     train_y, test_y = train_set.labels, test_set.labels if test_set is not None else None
     n_cls = meta["num_classes"]
+    linear = {"lrs": LINEAR_LRS, "wds": LINEAR_WDS, "epochs": e.linear_epochs, "batch_size": e.batch_size,
+              "num_classes": n_cls, **method_cls.linear_probe}  # the method's probe, then the recipe's own choices
+    linear.update({k: v for k, v in (("optimizer", e.linear_optimizer), ("batchnorm", e.linear_batchnorm),
+                                     ("lrs", e.linear_lrs), ("wds", e.linear_wds)) if v is not None})
     opts = {"knn": {"ks": tuple(e.knn_k), "temperatures": (e.knn_temperature,), "num_classes": n_cls},
-            "linear": {"lrs": e.linear_lrs, "wds": e.linear_wds, "epochs": e.linear_epochs, "batch_size": e.batch_size,
-                       "num_classes": n_cls}}
+            "linear": linear}
     on_features = [p for p in protocols if p in FEATURE_PROTOCOLS]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="k=.* exceeds")  # k=200 on a small set is clipped
         metrics = evaluate(train_f, train_y, test_f, test_y, protocols=on_features, seed=seed,
                            **{k: v for k, v in opts.items() if k in on_features})
+        if "linear" in on_features and labelled and len(kinds) > 1:  # DINOv2's grid of readouts: one probe each
+            for kind in kinds[1:]:
+                other = vit_features(backbone, kind)
+                tr = features_of(other, train_set, mean, std, device)
+                te = features_of(other, test_set, mean, std, device) if test_set is not None else tr
+                for m in evaluate(tr, train_y, te, test_y, protocols=["linear"], seed=seed, linear=linear):
+                    metrics.append(Metric(f"{m.name} [{kind}]", m.value, f"{m.protocol}; features {kind}"))
+        if len(kinds) > 1 or kinds[0] != "pool":
+            metrics = [m if "[" in m.name else Metric(m.name, m.value, f"{m.protocol}; features {kinds[0]}")
+                       for m in metrics]
     if "lidar" in protocols:
         metrics.append(lidar_of(backbone, test_set or train_set, recipe, meta, device))
     if "image_linear" in protocols:
-        res = linear_probe_on_images(backbone, train_set, test_set, mean, std, lrs=e.linear_lrs, wds=e.linear_wds,
+        res = linear_probe_on_images(backbone, train_set, test_set, mean, std, lrs=e.linear_lrs or LINEAR_LRS, wds=e.linear_wds or LINEAR_WDS,
                                      epochs=e.image_probe_epochs, batch_size=e.batch_size, num_classes=n_cls,
                                      seed=seed, device=device)
         metrics += metrics_from_probe(res, "linear probe on augmented images")
     if "guillotine" in protocols:
         for layer, res in guillotine_probe(backbone, projector, train_set, test_set, mean, std, device=device,
-                                           lrs=e.linear_lrs, wds=e.linear_wds, epochs=e.linear_epochs,
+                                           lrs=e.linear_lrs or LINEAR_LRS, wds=e.linear_wds or LINEAR_WDS, epochs=e.linear_epochs,
                                            num_classes=n_cls, seed=seed).items():
             metrics.append(Metric(f"guillotine {layer} test acc", res.test_acc, f"guillotine probe at {layer}: "
                                   f"{res.protocol}"))
     if "finetune" in protocols:
-        res = finetune(backbone, train_set, test_set, num_classes=n_cls, epochs=e.finetune_epochs, lr=e.finetune_lr,
+        tuned = vit_features(backbone, e.finetune_features or method_cls.finetune_features)
+        res = finetune(tuned, train_set, test_set, num_classes=n_cls, epochs=e.finetune_epochs, lr=e.finetune_lr,
                        layer_decay=e.finetune_layer_decay, label_smoothing=e.finetune_label_smoothing,
                        mixup_alpha=e.finetune_mixup_alpha, mean=mean, std=std, seed=seed, device=device)
         metrics.append(Metric("fine-tune test acc", res.test_acc, res.protocol))
@@ -141,7 +166,8 @@ def evaluate_run(run_dir: str | Path, report: bool = False, data: DataSplits | N
         {"epoch": meta["epoch"], "encoder": which, "note": note.strip(), "metrics": [m.__dict__ for m in metrics]},
         indent=2))
     if report:
-        html, md = write_run_report(run, method, metrics, feats, labels, device, projector=projector)
+        html, md = write_run_report(run, method, metrics, feats, labels, device, projector=projector,
+                                    data=data, meta=meta, seed=recipe.train.seed)
         log(f"report: {html} and {md}")
     return metrics
 
@@ -173,10 +199,13 @@ def evaluate_weights(weights: str | Path, recipe: Recipe, protocols: list[str] |
 
 
 def write_run_report(run: Path, method: nn.Module, metrics: list[Metric], feats: torch.Tensor,
-                     labels: torch.Tensor | None, device: torch.device, projector: nn.Module | None = None):
+                     labels: torch.Tensor | None, device: torch.device, projector: nn.Module | None = None,
+                     data: DataSplits | None = None, meta: dict | None = None, seed: int = 0):
     """Spectrum plots (backbone and projector embeddings), a t-SNE plot coloured by label, the
     training curves and the metric table, as ``report.html`` (self-contained) and ``report.md``.
-    ``projector``: the head of the evaluated encoder (default: ``method.projector``)."""
+    ``projector``: the head of the evaluated encoder (default: ``method.projector``). Methods that
+    reconstruct pixels (MAE, SimMIM: a ``reconstruction`` method) add a grid of original, masked and
+    reconstructed test images (with ``data`` and ``meta``)."""
     import yaml
 
     from selfsup.eval import plot_embedding_2d, plot_spectrum, write_report
@@ -189,5 +218,26 @@ def write_run_report(run: Path, method: nn.Module, metrics: list[Metric], feats:
             named["projector"] = projector.eval()(feats.to(device)).float().cpu()
     figures = {"singular-value spectrum": plot_spectrum(named, figures_dir / "spectrum.png"),
                "t-SNE of backbone features": plot_embedding_2d(feats, labels, figures_dir / "tsne.png")}
+    if callable(getattr(method, "reconstruction", None)) and data is not None and meta is not None:
+        figures.update(_reconstruction_figure(method, data, meta, device, seed, figures_dir))
     config = yaml.safe_load((run / "config.yaml").read_text())
     return write_report(run, metrics, config, read_metrics(run), figures)
+
+
+@torch.no_grad()
+def _reconstruction_figure(method: nn.Module, data: DataSplits, meta: dict, device: torch.device, seed: int,
+                           figures_dir: Path) -> dict[str, Path]:
+    """The report's reconstructions of 8 test images under a seeded mask, captioned by the method."""
+    from selfsup.eval.plots import plot_reconstructions
+
+    split = data.test if data.test is not None else data.train
+    x, _ = split.batch(torch.arange(min(8, len(split))))
+    mu = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
+    sd = torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    x = ((x.float() / 255 - mu) / sd).to(device)
+    mask = method.make_masks(len(x), torch.Generator().manual_seed(seed))[0].to(device)
+    method.eval()
+    recon, note = method.reconstruction(x, mask)
+    path = plot_reconstructions(x, mask, recon, method.backbone.patch_size, figures_dir / "reconstructions.png",
+                                meta["mean"], meta["std"])
+    return {f"reconstructions of test images ({note})": path}

@@ -18,7 +18,8 @@ from selfsup.config import ConfigError, load_recipe
 from selfsup.methods import METHODS
 from selfsup.rundir import encoder_parts, export_backbone, load_backbone
 from selfsup.train.loop import build_method
-from train_utils import TINY, short_run, tiny_digits
+from selfsup.nets.backbones import is_vit_name
+from train_utils import TINY, VIT_TINY, short_run, tiny_digits
 
 
 def _equal(a: dict, b: dict) -> bool:
@@ -69,8 +70,13 @@ def test_dino_evaluates_and_exports_the_teacher(tmp_path, monkeypatch, one_threa
 
 
 def _method(recipe: str, overrides: list[str] = ()):
-    r = load_recipe(recipe, TINY + list(overrides))
+    vit = is_vit_name(load_recipe(recipe).model.backbone)
+    r = load_recipe(recipe, TINY + (VIT_TINY + ["model.vit.depth=4"] if vit else []) + list(overrides))
     return build_method(r, 1, 16)
+
+
+#: the encoder each paper evaluates when it has an EMA teacher (each method's ``eval_encoder`` comment cites it)
+TEACHER_EVALUATED = {"dino", "ibot", "dinov2", "ijepa", "msn", "pmsn"}
 
 
 def test_teacher_of_a_method_without_one_is_one_line() -> None:
@@ -88,12 +94,13 @@ def test_teacher_of_a_method_without_one_is_one_line() -> None:
 @pytest.mark.parametrize("name", sorted(n for n, cls in METHODS.items() if cls.teacher_attr))
 def test_teacher_parts_are_the_ema_copies(name: str) -> None:
     """For every method with an EMA teacher: ``teacher`` gives the EMA's own backbone (and projector)
-    modules, ``student`` the trained ones, and the paper's default is the student except for DINO."""
+    modules, ``student`` the trained ones, and the paper's default is the teacher for DINO, iBOT, DINOv2,
+    I-JEPA (ijepa#55) and MSN/PMSN, the student otherwise."""
     m = _method(f"{name}_digits")
     ema = getattr(m, m.teacher_attr)
     backbone, head = m.encoder_parts("teacher")
     assert backbone is ema.module[0] and backbone is not m.backbone
     assert head is (ema.module[1] if hasattr(m, "projector") else None)
     assert m.encoder("student") is m.backbone
-    assert m.eval_encoder == ("teacher" if name == "dino" else "student")
-    assert m.encoder() is (backbone if name == "dino" else m.backbone)
+    assert m.eval_encoder == ("teacher" if name in TEACHER_EVALUATED else "student")
+    assert m.encoder() is (backbone if name in TEACHER_EVALUATED else m.backbone)

@@ -109,3 +109,15 @@ def test_mae_reconstructs_held_out_digits_better_than_the_mean_patch(tmp_path):
     method.load_state_dict(before)
     untrained = error(method)
     assert trained < 0.9 * baseline < untrained, (trained, baseline, untrained)
+
+
+def test_report_shows_reconstructions_with_the_norm_pix_caption(tmp_path):
+    from selfsup.run_evaluation import evaluate_run
+
+    data = tiny_digits(n_train=64, n_test=16)
+    run, _, _ = short_run("mae_digits", tmp_path, VIT_TINY + SMALL_DEC, epochs=1, data=data)
+    evaluate_run(run, report=True, data=data, protocols=["knn"], log=lambda *a: None)
+    assert (run / "figures" / "reconstructions.png").stat().st_size > 1000
+    md = (run / "report.md").read_text()
+    assert "reconstructions of test images" in md and "ground-truth mean and std re-added" in md
+    assert "features cls" in json.dumps(json.loads((run / "eval.json").read_text()))  # MAE probes the cls token

@@ -194,3 +194,40 @@ def test_layer_decay_scales_each_depth_and_the_patch_embedding():
     assert scale[id(head.weight)] == pytest.approx(1.0)
     assert all(g.get("no_decay") for g in out if any(p is v.blocks[1].mlp.fc1.bias for p in g["params"]))
     assert apply_layer_decay(groups, model, None) is groups
+
+
+def test_feature_readouts_cls_avg_and_dinov2_last4():
+    from selfsup.nets.vit import ViTFeatures, vit_features
+
+    v = tiny(depth=4).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        out, layers = v.encode(v.embed(x), layers=[-4, -3, -2, -1])
+        assert torch.allclose(ViTFeatures(v, "cls")(x), out[:, 0], atol=1e-6)
+        assert torch.allclose(ViTFeatures(v, "cls_avg")(x), torch.cat([out[:, 0], out[:, 1:].mean(1)], 1), atol=1e-6)
+        last4 = torch.cat([v.norm(t)[:, 0] for t in layers], 1)
+        assert torch.allclose(ViTFeatures(v, "last4_cls")(x), last4, atol=1e-6)
+        assert ViTFeatures(v, "last4_cls_avg")(x).shape == (3, 5 * 32)
+        avg = ViTFeatures(v, "avg")
+        assert torch.allclose(avg(x), avg.fc_norm(out[:, 1:].mean(1)), atol=1e-6)
+    assert vit_features(v, "pool") is v
+    with pytest.raises(ValueError, match="need a ViT"):
+        vit_features(nn.Linear(2, 2), "cls")
+
+
+def test_dino_and_mocov3_run_on_the_adapter():
+    """The existing ViT recipes build a MaskedViT: DINO's 8 px local crops resample the positions, MoCo v3's
+    patch projection is frozen (no gradient, not in the optimizer)."""
+    from selfsup.train.loop import build_method
+
+    small = ["model.vit.patch_size=4", "model.vit.embed_dim=32", "model.vit.depth=2", "model.vit.num_heads=2"]
+    dino = build_method(load_recipe("dino", small + ["method.out_dim=64", "method.head=32-32-16"]), 3, 16)
+    assert isinstance(dino.backbone, MaskedViT)
+    views = [torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16), torch.randn(2, 3, 8, 8)]
+    dino(views, 0.5)["loss"].backward()
+    moco = build_method(load_recipe("mocov3_vit", small + ["method.projector=32-32-16", "method.predictor=32-16"]), 3, 16)
+    proj = moco.backbone.patch_embed.proj.weight
+    assert not proj.requires_grad and not moco.backbone.pos_embed.requires_grad
+    assert all(p is not proj for g in moco.param_groups() for p in g["params"])
+    moco(views[:2], 0.5)["loss"].backward()
+    assert proj.grad is None

@@ -126,5 +126,32 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], path: st
     return _save(fig, path)
 
 
+def plot_reconstructions(images: Tensor, mask: Tensor, recon: Tensor, patch_size: int, path: str | Path,
+                         mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> Path:
+    """Rows of original, masked (hidden patches grey) and reconstructed images; the reconstruction shows the
+    prediction on the masked patches and the original on the visible ones, as MAE's Fig. 2.
+
+    ``images`` and ``recon`` are ``[B, C, H, W]`` in normalised units (un-normalised with ``mean``/``std``),
+    ``mask`` ``[B, N]`` bool over the ``patch_size`` grid (True = hidden)."""
+    b, c, hh, ww = images.shape
+    m = mask.view(b, 1, hh // patch_size, ww // patch_size).repeat_interleave(patch_size, 2)
+    m = m.repeat_interleave(patch_size, 3).to(images.device)
+    mu = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    sd = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    show = lambda t: (t.float() * sd + mu).clamp(0, 1)  # noqa: E731
+    rows = [show(images), torch.where(m, torch.full_like(show(images), 0.5), show(images)),
+            show(torch.where(m, recon.to(images.dtype), images))]
+    fig = _figure(1.2 * b, 3.8)
+    axes = fig.subplots(3, b, squeeze=False)
+    for r, (title, row) in enumerate(zip(("original", "masked", "reconstruction"), rows)):
+        for i in range(b):
+            img = row[i].permute(1, 2, 0).cpu().numpy()
+            axes[r, i].imshow(img[..., 0] if c == 1 else img, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+            axes[r, i].set_xticks([])
+            axes[r, i].set_yticks([])
+        axes[r, 0].set_ylabel(title)
+    return _save(fig, path)
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and np.isfinite(v)

@@ -82,6 +82,13 @@ class Method(nn.Module):
     eval_encoder: ClassVar[Literal["student", "teacher"]] = "student"
     #: the attribute holding the EMA teacher (an ``EMA`` of ``Sequential(backbone, head)``); None: no teacher
     teacher_attr: ClassVar[str | None] = None
+    #: the frozen-feature readouts the paper probes (``eval.features: null``; see selfsup.nets.vit.VIT_FEATURES):
+    #: the first is used by every protocol, the others get a linear probe each (DINOv2's grid)
+    eval_features: ClassVar[tuple[str, ...]] = ("pool",)
+    #: the paper's linear probe (``eval.linear_*: null``): keyword arguments of selfsup.eval.linear_probe
+    linear_probe: ClassVar[dict] = {}
+    #: the readout fine-tuning starts from (``eval.finetune_features: null``); MAE fine-tunes the mean patch token
+    finetune_features: ClassVar[str] = "pool"
     #: how many training images :meth:`prepare` wants before the first epoch of a new run (0: no call);
     #: an instance may set it from its config (BEiT's k-means tokenizer sample)
     prepare_images: int = 0

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from selfsup.losses.masked import mae_loss, norm_pix_targets, patchify
+from selfsup.losses.masked import mae_loss, norm_pix_targets, patchify, unpatchify
 from selfsup.methods.base import Method, MethodConfig, fresh_generator, require_vit
 from selfsup.nets.vit import MaskedViT, sincos_2d
 from selfsup.views.masks import random_mask
@@ -76,6 +76,10 @@ class MAEDecoder(nn.Module):
 class MAE(Method):
     Config = MAEConfig
     default_views = "crop"
+    eval_features = ("cls",)  # main_linprobe.py probes the cls token
+    # BatchNorm without affine + LARS (main_linprobe.py: blr 0.1 x 16384/256 = lr 6.4, wd 0); the lr grid spans it
+    linear_probe = {"optimizer": "lars", "batchnorm": True, "lrs": (0.4, 1.6, 6.4), "wds": (0.0,)}
+    finetune_features = "avg"  # main_finetune.py --global_pool: fc_norm of the mean patch token
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MAEConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
@@ -104,10 +108,15 @@ class MAE(Method):
         return {"loss": loss, "feats": feats, "emb": feats}
 
     @torch.no_grad()
-    def to_pixels(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Predictions in the input's pixel units: with ``norm_pix_loss`` each patch's prediction is mapped
-        back with the **ground-truth** mean and std of that patch (which leaks them: MAE #153)."""
-        if not self.cfg.norm_pix_loss:
-            return pred
-        _, mean, std = norm_pix_targets(target)
-        return pred.float() * std + mean
+    def reconstruction(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """The reconstructed images ``[B, C, H, W]`` (normalised input units) and a caption for the report.
+        With ``norm_pix_loss`` each patch's prediction is mapped back with the **ground-truth** mean and std of
+        that patch, which leaks them into the picture (MAE #153); the caption says so."""
+        out = self.reconstruct(x, mask)
+        pred, note = out["pred"].float(), "predicted pixels"
+        if self.cfg.norm_pix_loss:
+            _, mean, std = norm_pix_targets(out["target"])
+            pred = pred * std + mean
+            note = "norm-pix predictions with each patch's ground-truth mean and std re-added"
+        vit: MaskedViT = self.backbone
+        return unpatchify(pred, vit.patch_size, vit.grid(tuple(x.shape[-2:])), x.shape[1]), note

@@ -40,6 +40,7 @@ class SimMIMConfig(MethodConfig):
 class SimMIM(Method):
     Config = SimMIMConfig
     default_views = "crop"
+    finetune_features = "avg"  # the official ViT fine-tunes with use_mean_pooling
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SimMIMConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
@@ -74,3 +75,8 @@ class SimMIM(Method):
         loss = simmim_loss(out["pred"], x, mask, patch_size=self.backbone.patch_size, eps=self.cfg.loss_eps)
         feats = self.backbone.pool(out["tokens"]).detach()
         return {"loss": loss, "feats": feats, "emb": feats}
+
+    @torch.no_grad()
+    def reconstruction(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """The predicted images ``[B, C, H, W]`` (normalised input units) and a caption for the report."""
+        return self.reconstruct(x, mask)["pred"].float(), "predicted pixels (L1 targets: the normalised input)"

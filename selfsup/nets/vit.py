@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["MaskedViT", "build_vit", "sincos_2d", "freeze_patch_projection", "set_uniform_drop_path"]
+__all__ = ["MaskedViT", "ViTFeatures", "VIT_FEATURES", "build_vit", "vit_features", "sincos_2d", "freeze_patch_projection",
+           "set_uniform_drop_path"]
 
 
 def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> Tensor:
@@ -322,3 +323,56 @@ def build_vit(name: str, in_channels: int, image_size: int, patch_size: int | No
     if freeze_patch_embed:
         freeze_patch_projection(vit.patch_embed)
     return MaskedViT(vit, pos_embed=pos_embed, mask_token=mask_token, pool=pool, fc_norm=fc_norm)
+
+
+#: the frozen-feature readouts of a ViT (``eval.features``): the backbone's own pooling, the cls token, the mean
+#: patch token, both, or DINOv2's linear-eval inputs (cls of the last 4 blocks, each normed, +- the mean patch)
+VIT_FEATURES = ("pool", "cls", "avg", "cls_avg", "last4_cls", "last4_cls_avg")
+
+
+class ViTFeatures(nn.Module):
+    """A :class:`MaskedViT` read out as ``kind`` (one of :data:`VIT_FEATURES`) for frozen-feature probes.
+
+    ``last4_*`` follow DINOv2's ``eval/linear.py`` (``create_linear_input``): the cls tokens of the last 4
+    blocks, each through the final norm, concatenated, then (``_avg``) the mean patch token of the last block.
+    ``avg`` is ``fc_norm`` of the mean patch token (MAE's fine-tuning readout): the ViT's own, else a new LayerNorm.
+    """
+
+    def __init__(self, vit: MaskedViT, kind: str) -> None:
+        super().__init__()
+        if kind not in VIT_FEATURES:
+            raise ValueError(f"unknown ViT features {kind!r}; choose one of {', '.join(VIT_FEATURES)}")
+        if kind != "avg" and kind != "pool" and vit.cls_token is None:
+            raise ValueError(f"features {kind!r} need a cls token; this ViT has none (use 'avg' or 'pool')")
+        self.backbone, self.kind = vit, kind  # ``backbone``: layer-wise lr decay sees through the wrapper
+        # MAE fine-tunes fc_norm(mean patch token) (``--global_pool``); a ViT pretrained with cls pooling has none
+        self.fc_norm = nn.LayerNorm(vit.embed_dim, eps=1e-6) if kind == "avg" and isinstance(vit.fc_norm, nn.Identity) \
+            else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        vit, kind = self.backbone, self.kind
+        if kind == "pool":
+            return vit(x)
+        tokens = vit.embed(x)
+        if kind.startswith("last4"):
+            n = min(4, len(vit.blocks))
+            out, layers = vit.encode(tokens, layers=list(range(-n, 0)))
+            parts = [vit.norm(t)[:, 0] for t in layers]
+        else:
+            out = vit.encode(tokens)
+            parts = [out[:, 0]] if kind in ("cls", "cls_avg") else []
+        if kind == "avg":
+            return vit.fc_norm(self.fc_norm(vit.patches(out).mean(1)))
+        if kind.endswith("avg"):
+            parts.append(vit.patches(out).mean(1))
+        return torch.cat(parts, 1)
+
+
+def vit_features(backbone: nn.Module, kind: str) -> nn.Module:
+    """``backbone`` itself for ``kind="pool"``, else a :class:`ViTFeatures` readout of it (a MaskedViT)."""
+    if kind == "pool":
+        return backbone
+    if not isinstance(backbone, MaskedViT):
+        raise ValueError(f"eval features {kind!r} need a ViT backbone; {type(backbone).__name__} has only its pooled "
+                         f"features (eval.features=[pool])")
+    return ViTFeatures(backbone, kind)
