@@ -1,4 +1,4 @@
-"""The ``selfsup`` command: train, eval, export, recipes."""
+"""The ``selfsup`` command: train, eval, export, prepare, tokenizer, recipes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ sections: method, data, views, model, optim, train, eval (see README)"""
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised learning, the cookbook runnable.")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{train,eval,export,prepare,recipes}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{train,eval,export,prepare,tokenizer,recipes}")
 
     t = sub.add_parser("train", help="pretrain a recipe, then evaluate it", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,8 +70,41 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--on-corrupt", default="skip", choices=["skip", "error"],
                    help="skip unreadable images (default, reported) or stop at the first")
 
+    tok = sub.add_parser("tokenizer", help="BEiT's k-means patch tokenizer: selfsup tokenizer fit ...",
+                         description="Tokenizers for BEiT's masked-token targets.")
+    k = tok.add_subparsers(dest="action", required=True, metavar="{fit}").add_parser(
+        "fit", help="fit the k-means patch tokenizer on your images",
+        description="Fit the k-means patch tokenizer of a BEiT recipe on method.tokenizer_images training images "
+                    "(a seeded sample) and write it to --out; train with method.tokenizer_path=OUT to reuse it "
+                    "(beit fits one itself before the first epoch otherwise).")
+    k.add_argument("--recipe", default="beit_digits", help="a beit recipe (default beit_digits)")
+    k.add_argument("--data", default=None, help="dataset path, as for train")
+    k.add_argument("--out", required=True, help="tokenizer file to write (.pt)")
+    k.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method.vocab_size=1024")
+
     sub.add_parser("recipes", help="list the bundled recipes", description="List the bundled recipes.")
     return p
+
+
+def _fit_tokenizer(args: argparse.Namespace) -> None:
+    import torch
+
+    from selfsup.data import load_data_section
+    from selfsup.methods.beit import fit_beit_tokenizer
+    from selfsup.seeds import mix_seed
+    from selfsup.views import default_mean_std
+
+    recipe = load_recipe(args.recipe, list(args.overrides) + ([f"data.path={args.data}"] if args.data else []))
+    if recipe.method.name != "beit" or recipe.method.target != "kmeans":
+        raise ConfigError(f"selfsup tokenizer fit needs a beit recipe with method.target=kmeans, got "
+                          f"{recipe.method.name}; use --recipe beit or beit_digits")
+    split = load_data_section(recipe.data).train
+    n = min(recipe.method.tokenizer_images, len(split))
+    rows = torch.randperm(len(split), generator=torch.Generator().manual_seed(mix_seed(recipe.train.seed, 7)))[:n]
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in default_mean_std(split.channels))
+    batches = ((split.batch(rows[i:i + 256].sort().values)[0].float() / 255 - mean) / std for i in range(0, n, 256))
+    tok = fit_beit_tokenizer(batches, recipe, args.out)
+    print(f"tokenizer: {tok.vocab_size} tokens of {tok.patch_size} px patches fitted on {n} images -> {args.out}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -165,6 +198,8 @@ def _run(args: argparse.Namespace) -> int:
 
             write_packed(args.src, args.out, args.max_side, args.quality, args.labels, args.workers, args.on_corrupt,
                          args.overwrite)
+        elif args.cmd == "tokenizer":
+            _fit_tokenizer(args)
         elif args.cmd == "recipes":
             rows = list_recipes()
             width = max(len(n) for n, _ in rows)

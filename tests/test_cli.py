@@ -463,3 +463,18 @@ def test_prepare_then_train_streams_the_pack_and_shards(tmp_path, capsys):
     assert "24 train / no test split" in out and "2 classes" in out
     code, _, err = run_cli(capsys, "train", "--data", "pipe:curl -s http://x/{000..009}.tar", *FAST)
     assert code == 2 and "remote or piped shards" in error_line(err)
+
+
+def test_tokenizer_fit_writes_a_tokenizer_beit_can_load(tmp_path, capsys):
+    from selfsup.nets.tokenizers import load_tokenizer
+
+    out = tmp_path / "tok.pt"
+    code, stdout, _ = run_cli(capsys, "tokenizer", "fit", "--out", str(out), "method.vocab_size=32",
+                              "method.tokenizer_images=200")
+    assert code == 0 and "32 tokens" in stdout
+    tok = load_tokenizer(out)
+    assert tok.vocab_size == 32 and tok.patch_size == 4
+    ids = tok(torch.randn(2, 1, 32, 32))
+    assert ids.shape == (2, 64) and int(ids.max()) < 32
+    code, _, err = run_cli(capsys, "tokenizer", "fit", "--recipe", "simclr_digits", "--out", str(out))
+    assert code == 2 and "beit recipe" in error_line(err)

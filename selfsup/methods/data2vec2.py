@@ -50,8 +50,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from selfsup.losses.masked import data2vec_loss, data2vec_targets
-from selfsup.methods.base import Method, MethodConfig
-from selfsup.methods.ijepa import fresh_generator, require_vit
+from selfsup.methods.base import Method, MethodConfig, fresh_generator, require_vit
 from selfsup.nets import EMA
 from selfsup.nets.vit import MaskedViT
 from selfsup.views.masks import inverse_block_mask

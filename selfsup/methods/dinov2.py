@@ -86,6 +86,8 @@ class DINOv2Config(MethodConfig):
 class DINOv2(IBOT):
     Config = DINOv2Config
     eval_encoder = "teacher"  # the official evaluations load the teacher's weights
+    # eval/linear.py's grid: cls of the last 1 or 4 blocks, with or without the mean patch token
+    eval_features = ("cls", "last4_cls", "cls_avg", "last4_cls_avg")
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: DINOv2Config, epochs: int = 100) -> None:
         super(IBOT, self).__init__(masked_vit(backbone, "dinov2"), feat_dim, cfg, epochs)

@@ -46,7 +46,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import DINOLoss, ibot_patch_loss, ibot_teacher_probs, patch_center_update
-from selfsup.methods.base import Method, MethodConfig, encode_views, n_global_views
+from selfsup.methods.base import Method, MethodConfig, encode_views, fresh_generator, n_global_views, require_vit
 from selfsup.methods.dino import teacher_temperature
 from selfsup.nets import EMA, DINOHead, cosine_momentum
 from selfsup.nets.vit import MaskedViT
@@ -81,11 +81,9 @@ class IBOTConfig(MethodConfig):
 
 def masked_vit(backbone: nn.Module, method: str) -> MaskedViT:
     """``backbone`` if it is a :class:`MaskedViT` (with a mask token added), else a one-line ValueError."""
-    if not isinstance(backbone, MaskedViT):
-        raise ValueError(f"{method} needs a ViT backbone: set model.backbone=timm:vit_small_patch16_224 (or another "
-                         f"timm:vit_...), got {type(backbone).__name__}")
-    backbone.add_mask_token()
-    return backbone
+    vit = require_vit(backbone, method)
+    vit.add_mask_token()
+    return vit
 
 
 def prototypes(dim: int, k: int, norm_last_layer: bool) -> nn.Module:
@@ -136,11 +134,6 @@ def patch_loss(student_flat: torch.Tensor, teacher_probs: torch.Tensor, mask: to
         return student_flat.sum() * 0.0  # keeps every head parameter in the graph (DDP)
     t = pack_masked(teacher_probs, mask)[0]
     return ibot_patch_loss(s, t, valid, student_temp) * (n / mask.shape[0])
-
-
-def fresh_generator() -> torch.Generator:
-    """A CPU generator seeded from torch's global RNG (masks drawn outside the trainer)."""
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
 
 
 class IBOT(Method):

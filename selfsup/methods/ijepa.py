@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from selfsup.methods.base import Method, MethodConfig
+from selfsup.methods.base import Method, MethodConfig, fresh_generator, require_vit
 from selfsup.nets import EMA
 from selfsup.nets.vit import MaskedViT, sincos_2d
 from selfsup.views.masks import mask_indices, multiblock_mask
@@ -72,19 +72,6 @@ class IJEPAConfig(MethodConfig):
     tau_end: float = Field(1.0, ge=0, le=1, description="target-encoder EMA momentum at the end")
     loss: Literal["smooth_l1", "l2"] = Field("smooth_l1", description="smooth_l1 (official code, beta 1) or l2 "
                                              "(paper Eq. 1)")
-
-
-def require_vit(backbone: nn.Module, method: str) -> MaskedViT:
-    """``backbone`` if it is a :class:`MaskedViT`, else a one-line ValueError naming the fix."""
-    if not isinstance(backbone, MaskedViT):
-        raise ValueError(f"{method} needs a ViT backbone (selfsup.nets.MaskedViT), got {type(backbone).__name__}; set "
-                         f"model.backbone=timm:vit_tiny_patch16_224 (or another timm:vit_* name)")
-    return backbone
-
-
-def fresh_generator() -> torch.Generator:
-    """A CPU generator seeded from torch's global RNG, for masks drawn outside the trainer."""
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
 
 
 def linear_momentum(tau_base: float, tau_end: float, progress: float) -> float:
