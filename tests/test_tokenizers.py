@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from selfsup.losses.masked import norm_pix_targets, patchify
+
 from selfsup.nets.tokenizers import (
     HOGTargets,
     KMeansPatchTokenizer,
     Tokenizer,
     fit_tokenizer,
     load_tokenizer,
-    normalize_patches,
-    patchify,
     save_tokenizer,
 )
 
@@ -73,10 +73,10 @@ def test_patchify_matches_plain_loops():
 
 def test_normalize_patches_unbiased_standardisation():
     x = torch.randn(5, 48) * 3 + 7
-    z = normalize_patches(x)
+    z = _normalize(x)
     torch.testing.assert_close(z.mean(-1), torch.zeros(5), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(-1, unbiased=True), torch.ones(5), atol=1e-4, rtol=0)
-    assert torch.equal(normalize_patches(torch.full((2, 48), 3.0)), torch.zeros(2, 48))
+    assert torch.equal(_normalize(torch.full((2, 48), 3.0)), torch.zeros(2, 48))
 
 
 def test_protocol():
@@ -101,7 +101,7 @@ def test_deterministic_for_a_seed_and_independent_of_batching(mixed, fitted):
 
 def test_patch_sample_is_uniform_without_replacement(mixed):
     tok = KMeansPatchTokenizer(vocab_size=16, patch_size=P)
-    allp = normalize_patches(patchify(mixed, P)).reshape(-1, 48)  # 768 patches, horizontal then vertical
+    allp = _normalize(patchify(mixed, P)).reshape(-1, 48)  # 768 patches, horizontal then vertical
     s = tok.sample_patches(mixed, max_patches=200, seed=0)
     assert s.shape == (200, 48)
     idx = torch.cdist(s, allp).argmin(1)
@@ -120,7 +120,7 @@ def test_tokens_shape_dtype_range(mixed, fitted):
 
 
 def test_assignment_is_nearest_centroid_and_chunking_does_not_matter(mixed, fitted):
-    x = normalize_patches(patchify(mixed, P))
+    x = _normalize(patchify(mixed, P))
     ref = torch.cdist(x.reshape(-1, x.shape[-1]).double(), fitted.centroids.double()).argmin(1)
     assert torch.equal(fitted(mixed).reshape(-1), ref)
     small = KMeansPatchTokenizer(vocab_size=16, patch_size=P, chunk_size=7)
@@ -342,3 +342,8 @@ def test_hog_save_load_and_errors(tmp_path):
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a selfsup tokenizer"):
         load_tokenizer(tmp_path / "other.pt")
+
+
+def _normalize(patches: torch.Tensor) -> torch.Tensor:
+    """The tokenizer's per-patch standardisation (MAE's norm-pix targets)."""
+    return norm_pix_targets(patches)[0]

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from selfsup.losses.masked import norm_pix_targets, patchify
+
 __all__ = [
     "Tokenizer",
     "KMeansPatchTokenizer",
     "HOGTargets",
-    "patchify",
-    "normalize_patches",
     "fit_tokenizer",
     "save_tokenizer",
     "load_tokenizer",
@@ -82,31 +82,11 @@ def _check_images(images: Any, patch_size: int, who: str) -> torch.Tensor:
     return images
 
 
-def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """``[B, C, H, W] -> [B, N, p*p*C]`` in MAE's order: patches row-major, channel last in a patch.
-
-    Same as MAE's ``imgs.reshape(B, C, h, p, w, p)`` then ``einsum('nchpwq->nhwpqc')``.
-    """
-    images = _check_images(images, patch_size, "patchify")
-    b, c, hh, ww = images.shape
-    p = patch_size
-    h, w = hh // p, ww // p
-    x = images.reshape(b, c, h, p, w, p)
-    x = torch.einsum("nchpwq->nhwpqc", x)
-    return x.reshape(b, h * w, p * p * c)
-
-
-def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Standardise each patch (last dim) by its own mean and unbiased std: ``(x - m) / sqrt(v + eps)``.
-
-    MAE's ``norm_pix_loss`` formula. A constant patch becomes the zero vector; any other patch
-    lies (up to ``eps``) on the sphere of radius ``sqrt(D - 1)`` in the zero-mean subspace.
-    """
-    if patches.shape[-1] < 2:
-        raise ValueError(f"normalize_patches needs at least 2 values per patch, got {patches.shape[-1]}")
-    mean = patches.mean(dim=-1, keepdim=True)
-    var = patches.var(dim=-1, keepdim=True, unbiased=True)
-    return (patches - mean) / torch.sqrt(var + eps)
+def _patches(images: torch.Tensor, patch_size: int, eps: float) -> torch.Tensor:
+    """MAE-order patches of checked ``images``, each standardised by its own mean and unbiased std
+    (:func:`selfsup.losses.norm_pix_targets`, MAE's norm-pix formula; a constant patch becomes 0)."""
+    x = patchify(_check_images(images, patch_size, "tokenizer"), patch_size)
+    return norm_pix_targets(x, eps)[0]
 
 
 def _batches(images: Any) -> Iterable[torch.Tensor]:
@@ -144,7 +124,7 @@ class KMeansPatchTokenizer:
     """ClusterMIM-style tokenizer: the id of a patch is its nearest k-means centroid.
 
     Each patch is flattened in MAE's patchify order and standardised by its own mean/std
-    (:func:`normalize_patches`), so token ids ignore per-patch brightness and contrast
+    (:func:`selfsup.losses.norm_pix_targets`), so token ids ignore per-patch brightness and contrast
     (``a * x + b``, ``a > 0``, gets the token of ``x``) and describe the patch's *shape*.
 
     :meth:`fit` draws a uniform sample of at most ``max_patches`` patches (random keys from a
@@ -202,8 +182,8 @@ class KMeansPatchTokenizer:
             batch = _check_images(batch, self.patch_size, "fit")
             if batch.shape[0] == 0:
                 continue
-            x = normalize_patches(patchify(batch.detach().to("cpu", torch.float32), self.patch_size),
-                                  self.eps).reshape(-1, self.patch_size ** 2 * batch.shape[1])
+            x = _patches(batch.detach().to("cpu", torch.float32), self.patch_size,
+                         self.eps).reshape(-1, self.patch_size ** 2 * batch.shape[1])
             if dim is None:
                 dim, self.in_chans = x.shape[1], int(batch.shape[1])
             elif x.shape[1] != dim:
@@ -244,7 +224,7 @@ class KMeansPatchTokenizer:
         with threadpool_limits(limits=n_threads):
             km.fit(x.numpy())
         c = torch.from_numpy(np.ascontiguousarray(km.cluster_centers_, dtype=np.float32))
-        self.centroids = normalize_patches(c, self.eps).contiguous()
+        self.centroids = norm_pix_targets(c, self.eps)[0].contiguous()
         return self
 
     # -- assignment --------------------------------------------------------------------------------
@@ -277,8 +257,7 @@ class KMeansPatchTokenizer:
         if images.shape[1] != self.in_chans:
             raise ValueError(f"tokenize: images have {images.shape[1]} channels, the tokenizer was fitted "
                              f"on {self.in_chans}")
-        x = patchify(images.detach().to(c.device, torch.float32), self.patch_size)
-        return self.assign(normalize_patches(x, self.eps))
+        return self.assign(_patches(images.detach().to(c.device, torch.float32), self.patch_size, self.eps))
 
     def _centroids(self, who: str) -> torch.Tensor:
         if self.centroids is None:
