@@ -93,7 +93,7 @@ def lightly_mae_step(width: int, depth: int, heads: int, patch: int, size: int, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         decoder = MAEDecoderTIMM(num_patches=vit.patch_embed.num_patches, patch_size=patch, embed_dim=width,
-                                 decoder_embed_dim=dec_dim, decoder_depth=dec_depth, decoder_num_heads=max(1, heads))
+                                 decoder_embed_dim=dec_dim, decoder_depth=dec_depth, decoder_num_heads=2)  # as selfsup's row
     model = torch.nn.ModuleList([backbone, decoder]).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, size, size, device=device)
@@ -170,12 +170,12 @@ def main() -> None:
     for name in ("dinov2", "ibot"):
         if name in args.skip:
             continue
-        small = [f"method.head={args.width}-{args.width}-64", "method.out_dim=1024", "views.params={n_local: 4}"]
+        small = [f"method.head={args.width}-{args.width}-64", "method.out_dim=1024"]  # the digits crops: 2 x 32 + 4 x 16 px
         for precision in ("fp32", "bf16"):
             if precision == "bf16" and "bf16" in args.skip:
                 continue
             step, split = selfsup_step(f"{name}_digits", vit + small, args.batch, args.size, precision, device)
-            report(f"selfsup {name} (2 global + 4 local), {precision}", _time(step, max(2, args.repeats // 2)),
+            report(f"selfsup {name} (2 x 32 + 4 x 16 px crops), {precision}", _time(step, max(2, args.repeats // 2)),
                    split["masks"])
     if device.type == "cuda":
         print(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")

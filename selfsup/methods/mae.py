@@ -89,6 +89,9 @@ class MAE(Method):
                                   cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads)
 
     def make_masks(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor]:
+        if self.cfg.mask_ratio == 0:  # the no-masking ablation (the loss is then 0: nothing to reconstruct)
+            h, w = self.backbone.base_grid
+            return (torch.zeros(batch, h * w, dtype=torch.bool),)
         return (random_mask(batch, self.backbone.base_grid, self.cfg.mask_ratio, generator).mask,)
 
     def reconstruct(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
