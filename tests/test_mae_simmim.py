@@ -121,3 +121,22 @@ def test_report_shows_reconstructions_with_the_norm_pix_caption(tmp_path):
     md = (run / "report.md").read_text()
     assert "reconstructions of test images" in md and "ground-truth mean and std re-added" in md
     assert "features cls" in json.dumps(json.loads((run / "eval.json").read_text()))  # MAE probes the cls token
+
+
+def test_step_masks_split_the_global_batch_between_processes():
+    """The trainer draws one step's masks for the global batch from (seed, epoch, step): two processes' rows
+    together are the one-process masks, and the same step gives the same masks again (exact resume)."""
+    from types import SimpleNamespace
+
+    from selfsup.train.loop import step_masks
+
+    m = _method("mae_digits", SMALL_DEC)
+    cfg = SimpleNamespace(train=SimpleNamespace(seed=3), data=SimpleNamespace(batch_size=8))
+
+    def masks(rank, world, epoch=1, step=2):
+        env = SimpleNamespace(rank=rank, world_size=world, device=torch.device("cpu"))
+        return step_masks(SimpleNamespace(cfg=cfg, env=env, method=m), epoch, step)[0]
+
+    one = masks(0, 1)
+    assert one.shape == (8, 16) and torch.equal(torch.cat([masks(0, 2), masks(1, 2)]), one)
+    assert torch.equal(masks(0, 1), one) and not torch.equal(masks(0, 1, step=3), one)

@@ -30,8 +30,8 @@ from selfsup.train.schedules import cosine, warmup_cosine
 from selfsup.train.session import EpochState, Session, build_method, make_run_dir, setup
 from selfsup.train.setup import Env, agree_finite, autocast, average_norm_buffers, broadcast_flag
 
-__all__ = ["train", "prepare_method", "train_one_epoch", "train_one_step", "step_masks", "optimize_step", "end_epoch", "build_method", "make_run_dir",
-           "TIMING_KEYS"]
+__all__ = ["train", "prepare_method", "train_one_epoch", "train_one_step", "step_masks", "optimize_step", "end_epoch",
+           "build_method", "make_run_dir", "TIMING_KEYS"]
 
 #: the last part of the per-step mask seed ``mix_seed(seed, epoch, step, MASK_SEED_SALT)``
 MASK_SEED_SALT = 0x3A5C
