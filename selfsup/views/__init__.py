@@ -28,6 +28,7 @@ from selfsup.views.ops import (
     sample_jitter_params,
     solarize,
 )
+from selfsup.views.mask_collate import MaskCollator
 from selfsup.views.masks import (
     Masks,
     MultiBlockMasks,
@@ -71,6 +72,7 @@ __all__ = [
     "VIEW_KINDS",
     "Crops",
     "JitterParams",
+    "MaskCollator",
     "Masks",
     "MultiBlockMasks",
     "MultiView",
