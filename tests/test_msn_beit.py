@@ -231,13 +231,16 @@ def test_beit_tokenizer_is_fitted_once_and_kept_by_checkpoints(tmp_path, monkeyp
 # ---- short runs of every digits recipe ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("recipe,extra", [("msn_digits", MSN_SMALL), ("pmsn_digits", MSN_SMALL),
-                                          ("beit_digits", BEIT_SMALL),
-                                          ("beit_digits", [*BEIT_SMALL, "method.target=hog"])])
-def test_digits_recipes_train(tmp_path, recipe, extra):
-    run, before, method = short_run(recipe, tmp_path, extra)
+# the loss falls over 3 epochs by at least this fraction; measured at seed 0 (trained vs lr 1e-12): MSN 26% vs
+# 3.6%, PMSN 25% vs 3.7%, BEiT k-means tokens 0.65% vs 0.09% (CE near ln 16 moves slowly), BEiT HOG 11% vs 1.0%
+@pytest.mark.parametrize("recipe,extra,min_drop", [("msn_digits", MSN_SMALL, 0.10), ("pmsn_digits", MSN_SMALL, 0.10),
+                                                   ("beit_digits", BEIT_SMALL, 0.003),
+                                                   ("beit_digits", [*BEIT_SMALL, "method.target=hog"], 0.05)])
+def test_digits_recipes_train(tmp_path, recipe, extra, min_drop):
+    run, before, method = short_run(recipe, tmp_path, extra, epochs=3)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows and all(torch.isfinite(torch.tensor(row["loss"])) for row in rows)
+    assert len(rows) == 3 and all(torch.isfinite(torch.tensor(row["loss"])) for row in rows)
+    assert rows[-1]["loss"] < (1 - min_drop) * rows[0]["loss"], [row["loss"] for row in rows]  # the loss falls
     after = method.state_dict()
     assert changed(before, after, "backbone.blocks.") and changed(before, after, "backbone.patch_embed.")
     if recipe != "beit_digits":
