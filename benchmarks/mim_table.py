@@ -3,7 +3,8 @@
 MAE's central claim at small scale: MAE pretraining then fine-tuning beats fine-tuning the same ViT from
 scratch at the same fine-tuning budget. Beside it, kNN / linear-probe (and fine-tune) figures for the
 DINOv2-, iBOT- and I-JEPA-tiny digits recipes. Every run is the shipped ``*_digits`` recipe, evaluated with
-the method's own probe (``selfsup.run_evaluation.evaluate_run``).
+the method's own probe (``selfsup.run_evaluation.evaluate_run``), and each is followed by the same encoder at
+random init under the same probes.
 
     python benchmarks/mim_table.py --out /tmp/mim_table [--recipes mae_digits dinov2_digits ibot_digits ijepa_digits]
         [--finetune-epochs 20] [--epochs-scale 1.0]
@@ -25,8 +26,9 @@ import torch
 from selfsup.config import load_recipe
 from selfsup.data import load_data
 from selfsup.eval import finetune
-from selfsup.run_evaluation import evaluate_run
+from selfsup.run_evaluation import evaluate_backbone, evaluate_run
 from selfsup.train.loop import build_method, train
+from selfsup.views import default_mean_std
 
 
 def _value(metrics, prefix: str) -> float | None:
@@ -65,6 +67,18 @@ def main() -> None:
         metrics = evaluate_run(run, data=data, protocols=protocols, log=lambda *a: None)
         row = {"recipe": name, "epochs": epochs, "pretrain_min": minutes, "knn": _value(metrics, "kNN k=20 T=0.07 top-1"),
                "linear": _value(metrics, "linear probe test acc"), "finetune": _value(metrics, "fine-tune test acc")}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        # the same encoder at random init, the same probes: what the pretraining added
+        torch.manual_seed(recipe.train.seed)
+        init = build_method(recipe, data.train.channels, data.train.image_size)
+        meta = {"mean": list(default_mean_std(data.train.channels)[0]), "std": list(default_mean_std(
+            data.train.channels)[1]), "image_size": data.train.image_size, "channels": data.train.channels,
+            "num_classes": data.num_classes}
+        init_metrics, *_ = evaluate_backbone(init.encoder().eval(), data, recipe, meta, torch.device("cpu"),
+                                             ["knn", "linear"], log=lambda *a: None)
+        row = {"recipe": f"{name} at random init", "epochs": 0, "knn": _value(init_metrics, "kNN k=20 T=0.07 top-1"),
+               "linear": _value(init_metrics, "linear probe test acc")}
         rows.append(row)
         print(json.dumps(row), flush=True)
         if name == "mae_digits":  # the same ViT from scratch, the same fine-tuning budget and protocol
