@@ -77,3 +77,22 @@ def assert_parity(result: dict, atol: float = 1e-10, rtol: float = 1e-7) -> None
                 assert b is None or b.abs().max() == 0, f"{name}: gradient only under DDP"
                 continue
             torch.testing.assert_close(b, a, atol=atol, rtol=rtol, msg=lambda m: f"{name} grad: {m}")
+
+
+def _rank_worker(rank: int, world: int, port: int, fn, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        result = fn(rank, world)
+    finally:
+        dist.destroy_process_group()
+    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+
+
+def run_on_ranks(fn, world_size: int = 2) -> list:
+    """``fn(rank, world)`` (a module-level function returning tensors) in a ``world_size``-process gloo group;
+    each rank's result, in rank order."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_rank_worker, args=(world_size, _free_port(), fn, tmp), nprocs=world_size, join=True)
+        return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]

@@ -6,15 +6,11 @@ cases turn it off for the parity and check instead that each rank's KoLeo is tha
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from ddp_utils import _free_port
+from ddp_utils import run_on_ranks
 from selfsup.config import load_recipe
 from selfsup.losses import koleo_loss
 from selfsup.train.loop import build_method
@@ -76,22 +72,9 @@ def _run(rank: int, world: int) -> dict:
     return out
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        res = _run(rank, world)
-    finally:
-        dist.destroy_process_group()
-    torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-
-
 def test_ibot_and_dinov2_losses_and_gradients_are_exact_under_ddp(one_thread):
     single = _run(0, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(2, _free_port(), tmp), nprocs=2, join=True)
-        ranks = [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = run_on_ranks(_run, 2)
     ddp = ranks[0]
     for name in CASES:
         for step in range(2):

@@ -8,16 +8,11 @@ probe ``mean_b <state_b, probe_b>`` whose input gradient is the state. KoLeo is 
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from ddp_utils import _free_port, assert_parity, ddp_parity
+from ddp_utils import assert_parity, ddp_parity, run_on_ranks
 from selfsup.losses import (ibot_patch_loss, ibot_teacher_probs, koleo_loss, me_max, msn_loss, patch_center_update,
                             sinkhorn_teacher)
 
@@ -111,22 +106,9 @@ def _per_rank(rank: int, world: int) -> dict:
     return {"koleo": koleo.detach(), "koleo_grad": gx, "proto_grad": gp}
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        results = _per_rank(rank, world)
-    finally:
-        dist.destroy_process_group()
-    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-
-
 def test_koleo_is_per_process_and_prototype_gradients_average_to_full_batch():
     world = 2
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(world, _free_port(), tmp), nprocs=world, join=True)
-        per_rank = [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=True) for r in range(world)]
+    per_rank = run_on_ranks(_per_rank, world)
     # KoLeo (DINOv2): no gather, each rank's value and gradient are those of its own shard alone
     for r, res in enumerate(per_rank):
         shard = X_KOLEO.chunk(world)[r].clone().requires_grad_()
