@@ -137,6 +137,8 @@ class MaskedViT(nn.Module):
         self.pool_kind = pool
         use_fc_norm = pool == "avg" if fc_norm is None else fc_norm
         self.fc_norm = nn.LayerNorm(self.embed_dim, eps=1e-6) if use_fc_norm else nn.Identity()
+        #: recompute each block's activations in the backward pass instead of storing them (:meth:`_block`)
+        self.grad_checkpointing = False
 
     def no_weight_decay(self) -> set[str]:
         """Tokens and positions get no weight decay (MAE, BEiT: ``model.no_weight_decay()``)."""
@@ -257,22 +259,30 @@ class MaskedViT(nn.Module):
         x = self.norm_pre(tokens)
         if layers is None:
             for b in self.blocks:
-                x = b(x)
+                x = self._block(b, x)
             return self.norm(x)
         depth = len(self.blocks)
         want = sorted({i % depth for i in layers})
         outs: dict[int, Tensor] = {}
         for i, b in enumerate(self.blocks):
             if ffn and i in want:
-                x = x + b.drop_path1(b.ls1(b.attn(b.norm1(x))))
-                f = b.mlp(b.norm2(x))
-                x = x + b.drop_path2(b.ls2(f))
-                outs[i] = f
+                x, outs[i] = self._block(b, x, ffn=True)
             else:
-                x = b(x)
+                x = self._block(b, x)
                 if i in want:
                     outs[i] = x
         return self.norm(x), [outs[i % depth] for i in layers]
+
+    def _block(self, b: nn.Module, x: Tensor, ffn: bool = False):
+        """Block ``b`` on ``x`` (with ``ffn``: also its feed-forward output before the residual). With
+        ``grad_checkpointing`` while training with gradients, the block's activations are not kept but
+        recomputed in the backward pass (``torch.utils.checkpoint``, non-reentrant, the RNG state saved so
+        that drop path draws the same paths again): about a third more compute for a fraction of the memory."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(_ffn_block if ffn else b, *((b, x) if ffn else (x,)), use_reentrant=False)
+        return _ffn_block(b, x) if ffn else b(x)
 
     def pool(self, tokens: Tensor) -> Tensor:
         """Features ``[B, D]`` from encoded tokens: the cls token (``pool="cls"``) or ``fc_norm`` of the
@@ -290,19 +300,28 @@ class MaskedViT(nn.Module):
         return self.pool(self.forward_tokens(x, mask, mode))
 
 
+def _ffn_block(b: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """A timm block's output and its feed-forward output before the residual (data2vec 2.0's targets)."""
+    x = x + b.drop_path1(b.ls1(b.attn(b.norm1(x))))
+    f = b.mlp(b.norm2(x))
+    return x + b.drop_path2(b.ls2(f)), f
+
+
 def build_vit(name: str, in_channels: int, image_size: int, patch_size: int | None = None,
               embed_dim: int | None = None, depth: int | None = None, num_heads: int | None = None,
               mlp_ratio: float | None = None, drop_path_rate: float = 0.0,
               drop_path: Literal["linear", "uniform"] = "linear", layer_scale: float | None = None,
               qk_norm: bool = False, registers: int = 0, class_token: bool = True, pool: Literal["cls", "avg"] = "cls",
               fc_norm: bool | None = None, pos_embed: Literal["learn", "sincos"] = "learn",
-              freeze_patch_embed: bool = False, mask_token: bool = False) -> MaskedViT:
+              freeze_patch_embed: bool = False, mask_token: bool = False,
+              grad_checkpointing: bool = False) -> MaskedViT:
     """A :class:`MaskedViT` from a timm ViT name (e.g. ``vit_small_patch16_224``), no weights downloaded.
 
     ``None`` keeps the named model's value. ``drop_path``: ``"linear"`` (timm: 0 -> rate over depth; MAE,
     BEiT, iBOT) or ``"uniform"`` (DINOv2). ``layer_scale``: LayerScale init (DINOv2 1e-5; BEiT/SimMIM 0.1).
     ``registers``: DINOv2's register tokens (Darcet et al. 2024: 4). ``freeze_patch_embed``: MoCo v3's
-    frozen random patch projection.
+    frozen random patch projection. ``grad_checkpointing``: activation checkpointing of every block
+    (:meth:`MaskedViT._block`).
     """
     import timm
 
@@ -322,7 +341,9 @@ def build_vit(name: str, in_channels: int, image_size: int, patch_size: int | No
         raise ValueError(f"drop_path must be 'linear' or 'uniform', got {drop_path!r}")
     if freeze_patch_embed:
         freeze_patch_projection(vit.patch_embed)
-    return MaskedViT(vit, pos_embed=pos_embed, mask_token=mask_token, pool=pool, fc_norm=fc_norm)
+    out = MaskedViT(vit, pos_embed=pos_embed, mask_token=mask_token, pool=pool, fc_norm=fc_norm)
+    out.grad_checkpointing = grad_checkpointing
+    return out
 
 
 #: the frozen-feature readouts of a ViT (``eval.features``): the backbone's own pooling, the cls token, the mean
