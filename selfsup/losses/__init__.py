@@ -31,3 +31,14 @@ from selfsup.losses.masked import (data2vec_loss, data2vec_targets, ibot_patch_l
 __all__ += ["patchify", "unpatchify", "norm_pix_targets", "mae_loss", "simmim_loss", "ibot_teacher_probs",
             "patch_center_update", "ibot_patch_loss", "sinkhorn_teacher", "koleo_loss", "data2vec_targets",
             "data2vec_loss", "me_max", "prior_kl", "power_law_prior", "msn_loss", "pmsn_loss"]
+from selfsup.losses.covariance import iter_norm, tico_loss, vibcreg_loss
+from selfsup.losses.hypersphere import (align_uniform_loss, alignment_loss, co2_loss, directclr_loss, macl_loss,
+                                        uniformity_loss)
+from selfsup.losses.infomax import emp_ssl_loss, frossl_loss, mmcr_loss, total_coding_rate
+from selfsup.losses.isotropic_gaussian import (epps_pulley, lejepa_loss, multiview_invariance, random_slices, sigreg,
+                                               visreg_loss, visreg_terms)
+
+__all__ += ["mmcr_loss", "total_coding_rate", "emp_ssl_loss", "frossl_loss", "random_slices", "epps_pulley", "sigreg",
+            "multiview_invariance", "lejepa_loss", "visreg_terms", "visreg_loss", "tico_loss", "iter_norm",
+            "vibcreg_loss", "alignment_loss", "uniformity_loss", "align_uniform_loss", "directclr_loss", "macl_loss",
+            "co2_loss"]
