@@ -70,7 +70,8 @@ def iter_norm(x: torch.Tensor, num_groups: int = 64, iterations: int = 5, eps: f
     :math:`\Sigma = \epsilon I + \frac1N X_c X_c^\top` and :math:`\Sigma_N = \Sigma / \mathrm{tr}\,\Sigma`,
     ``iterations`` (T = 5) Newton steps :math:`P_0 = I`, :math:`P_{k+1} = \frac12 (3 P_k - P_k^3 \Sigma_N)`
     approximate :math:`\Sigma_N^{-1/2}`, and the output is :math:`\hat X = P_T X_c / \sqrt{\mathrm{tr}\,\Sigma}`.
-    Differentiable by autograd (the reference's hand-written backward is the same derivative). Under DDP
+    Differentiable by autograd (the reference's hand-written backward is the same derivative). The Newton
+    iteration is not self-correcting: far more than ~10 steps amplify rounding, so keep the paper's T = 5. Under DDP
     the mean and covariance are those of the global batch (solo-learn's layer uses each GPU's batch); the
     result has this rank's rows. No running statistics: this is a loss-side function, not an eval layer.
     """
