@@ -150,3 +150,14 @@ def test_vibcreg_covariance_term_is_scale_free():
     q, _ = torch.linalg.qr(rnd(12, 12, seed=5))
     white, _ = torch.linalg.qr(q[:, 1:5] - q[:, 1:5].mean(0))  # centred, orthonormal columns
     assert float(cov_only(white, white)) == pytest.approx(0.0, abs=1e-20)
+
+
+def test_gradients_match_finite_differences_of_the_references():
+    from grad_check import autograd_grad, numeric_grad
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    z1, z2 = rnd(6, 3, seed=6), rnd(6, 3, seed=7)
+    close(autograd_grad(lambda x: vibcreg_loss(x, z2, distributed=False), z1),
+          numeric_grad(lambda x: vibcreg_reference(x, z2, 25.0, 25.0, 200.0), z1))
+    x0, probe = rnd(7, 4, seed=8) + 1, rnd(7, 4, seed=9)
+    close(autograd_grad(lambda x: (iter_norm(x, 2, distributed=False) * probe).sum(), x0),
+          numeric_grad(lambda x: float((iternorm_reference(x, 2, 5, 1e-5) * probe).sum()), x0))

@@ -153,3 +153,30 @@ def test_co2_matches_reference_with_queue_and_in_batch():
     x = z1.clone().requires_grad_()
     gx, gb = torch.autograd.grad(co2_loss(x, z2, b, 0.5, distributed=False), [x, b], allow_unused=True)
     assert gx.abs().max() > 0 and gb is None
+
+
+def test_gradients_match_finite_differences_of_the_references():
+    from grad_check import autograd_grad, numeric_grad
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    z1, z2, bank = rnd(5, 3, seed=4), rnd(5, 3, seed=5), rnd(4, 3, seed=6)
+    close(autograd_grad(lambda x: align_uniform_loss(x, z2, 0.5, distributed=False), z1),
+          numeric_grad(lambda x: sum(math.sqrt(float(((a - b) ** 2).sum())) ** 2 for a, b in zip(units(x), units(z2))) / 5
+                       + 0.25 * (uniformity_reference(x, 2.0) + uniformity_reference(z2, 2.0)), z1))
+    r1, r2 = rnd(5, 6, seed=7), rnd(5, 6, seed=8)
+    close(autograd_grad(lambda x: directclr_loss(x, r2, 4, 0.3, distributed=False), r1),
+          numeric_grad(lambda x: (infonce_reference(x[:, :4], r2[:, :4], 0.3)
+                                  + infonce_reference(r2[:, :4], x[:, :4], 0.3)) / 2, r1))
+    for negatives in (bank, None):
+        close(autograd_grad(lambda x: co2_loss(x, z2, negatives, 0.5, distributed=False), z1),
+              numeric_grad(lambda x: co2_reference(x, z2, None if negatives is None else units(bank), 0.5), z1))
+    # MACL: the temperature (from the alignment) and the weights 1/(1-P) are constants of the gradient
+    u1, u2 = units(z1), units(z2)
+    tau = 0.1 * (1 + 0.5 * (sum(dot(a, b) for a, b in zip(u1, u2)) / 5 - 0.1))
+    u = u1 + u2
+
+    def prob(vs, i):
+        pos = (i + 5) % 10
+        return math.exp(dot(vs[i], vs[pos]) / tau) / sum(math.exp(dot(vs[i], vs[k]) / tau) for k in range(10) if k != i)
+    weights = [1 / (1 - prob(u, i) + 1e-8) for i in range(10)]
+    frozen = lambda x: sum(-w * math.log(prob(units(x) + u2, i)) for i, w in enumerate(weights)) / 10
+    close(autograd_grad(lambda x: macl_loss(x, z2, 0.1, 0.5, 0.1, distributed=False), z1), numeric_grad(frozen, z1))

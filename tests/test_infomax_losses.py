@@ -166,3 +166,19 @@ def test_frossl_invariances_and_minimum():
     # orthogonal columns make the trace-normalised covariance I/D: log ||K||_F^2 = -log D per view
     q = random_rotation(12)[:, :4]
     assert float(frossl_loss([q, q], 1.0, distributed=False)) == pytest.approx(-2 * math.log(4), abs=1e-12)
+
+
+def test_gradients_match_finite_differences_of_the_references():
+    from grad_check import autograd_grad, numeric_grad
+    v = rnd(4, 2, 3, seed=7)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    close(autograd_grad(lambda x: mmcr_loss(x, 0.3, distributed=False), v), numeric_grad(lambda x: mmcr_reference(x, 0.3), v))
+    z = rnd(5, 3, seed=8)
+    close(autograd_grad(lambda x: total_coding_rate(x, 0.3, distributed=False), z),
+          numeric_grad(lambda x: tcr_reference(x, 0.3), z))
+    p = rnd(3, 4, 3, seed=9)  # the mean patch embedding is not detached (official code)
+    close(autograd_grad(lambda x: emp_ssl_loss(x, 5.0, 0.2, distributed=False), p),
+          numeric_grad(lambda x: emp_reference(x, 5.0, 0.2), p))
+    f = rnd(2, 6, 3, seed=10)
+    close(autograd_grad(lambda x: frossl_loss(x, 0.7, distributed=False), f),
+          numeric_grad(lambda x: frossl_reference(list(x), 0.7), f))

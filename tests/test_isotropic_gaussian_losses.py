@@ -109,7 +109,8 @@ def test_lejepa_matches_reference():
     assert float(multiview_invariance(gv[:1].repeat(2, 1, 1))) == 0.0
 
 
-def visreg_reference(views, a, eps=1e-4):
+def visreg_reference(views, a, eps=1e-4, frozen_sd=None):
+    """``frozen_sd`` [V, D]: the standard deviations the shape term divides by (its stop-gradient, frozen)."""
     v_count, n, d = views.shape
     scale = center = shape = 0.0
     q = [statistics.NormalDist().inv_cdf(k / (n + 1)) for k in range(1, n + 1)]
@@ -124,7 +125,8 @@ def visreg_reference(views, a, eps=1e-4):
             scale += (1 - sd) ** 2
             center += mu ** 2
         for m in range(a.shape[1]):
-            proj = sorted(sum((views[v, i, j].item() - mus[j]) / (sds[j] + eps) * a[j, m].item() for j in range(d))
+            div = sds if frozen_sd is None else frozen_sd[v]
+            proj = sorted(sum((views[v, i, j].item() - mus[j]) / (div[j] + eps) * a[j, m].item() for j in range(d))
                           for i in range(n))
             shape += sum((p - qk) ** 2 for p, qk in zip(proj, q))
     return scale / (v_count * d), shape / (v_count * n * a.shape[1]), center / (v_count * d)
@@ -156,3 +158,16 @@ def test_visreg_shape_ignores_scale_and_scale_gradient_survives_collapse():
     (gt,) = torch.autograd.grad(scale, tiny)
     assert float(scale.detach()) == pytest.approx(1.0, abs=1e-5)
     assert float(gt.norm()) == pytest.approx(2 / math.sqrt(4 * 64), rel=1e-4)
+
+
+def test_gradients_match_finite_differences_of_the_references():
+    from grad_check import autograd_grad, numeric_grad
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    a = slices_for(3, 4)
+    z = rnd(2, 6, 3, seed=3)
+    close(autograd_grad(lambda x: sigreg(x, a, distributed=False), z),
+          numeric_grad(lambda x: sum(ep_reference((x[v] @ a[:, m]).tolist()) for v in range(2) for m in range(4)) / 8, z))
+    # VISReg's shape term standardises with a stop-gradient on sigma: freeze it at the base point
+    sd0 = z.std(1, unbiased=False).tolist()
+    got = autograd_grad(lambda x: sum(w * t for w, t in zip((1.0, 2.0, 0.5), visreg_terms(x, a, distributed=False))), z)
+    close(got, numeric_grad(lambda x: sum(w * t for w, t in zip((1.0, 2.0, 0.5), visreg_reference(x, a, 1e-4, sd0))), z))

@@ -1,0 +1,126 @@
+"""2-process gloo DDP parity of the catalogue losses with batch statistics: value and input gradient equal
+the single-process full-batch ones (ddp_utils.ddp_parity splits every input by rows across ranks).
+
+MMCR's centroid spectrum, the total coding rate, EMP-SSL, FroSSL's normalisation and covariances, SIGReg's
+characteristic function, LeJEPA, VISReg's statistics and sort, TiCo's running covariance (compared through a
+probe), IterNorm's whitening, VIbCReg, uniformity, DirectCLR's and MACL's negatives and MACL's alignment, CO2's
+in-batch negatives. Inputs with a view axis keep the batch on dim 0 and are rearranged inside each case.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ddp_utils import assert_parity, ddp_parity
+from selfsup.losses import (align_uniform_loss, co2_loss, directclr_loss, emp_ssl_loss, frossl_loss, iter_norm,
+                            lejepa_loss, macl_loss, mmcr_loss, random_slices, sigreg, tico_loss, total_coding_rate,
+                            uniformity_loss, vibcreg_loss, visreg_loss)
+
+D = 4
+SLICES = random_slices(D, 32, torch.Generator().manual_seed(7), torch.float64)
+COV0 = 0.05 * torch.eye(D, dtype=torch.float64)
+PROBE = torch.randn(D, D, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+
+
+def _vnd(x):  # [n, V, D] (split by rows) -> [V, n, D]
+    return x.transpose(0, 1)
+
+
+def mmcr_case(v):
+    return mmcr_loss(v, 0.1)
+
+
+def tcr_case(z):
+    return total_coding_rate(z, 0.2)
+
+
+def emp_case(p):
+    return emp_ssl_loss(_vnd(p), 200.0)
+
+
+def frossl_case(v):
+    return frossl_loss(_vnd(v), 1.0)
+
+
+def sigreg_case(v):
+    return sigreg(_vnd(v), SLICES)
+
+
+def lejepa_case(g, loc):
+    return lejepa_loss(_vnd(g), _vnd(loc), SLICES, 0.3)
+
+
+def visreg_case(g, loc):
+    return visreg_loss(_vnd(g), _vnd(loc), SLICES, 0.5)
+
+
+def tico_case(z1, z2):
+    loss, c = tico_loss(z1, z2, COV0)
+    return loss + (c * PROBE).sum()
+
+
+def tico_batch_grad_case(z1, z2):
+    loss, c = tico_loss(z1, z2, COV0, grad_through_batch=True)
+    return loss + (c * PROBE).sum()
+
+
+def iter_norm_case(x, probe):
+    return (iter_norm(x, num_groups=2) * probe).sum(1).mean()
+
+
+def vibcreg_case(z1, z2):
+    return vibcreg_loss(z1, z2)
+
+
+def uniformity_case(z):
+    return uniformity_loss(z, 2.0)
+
+
+def align_uniform_case(z1, z2):
+    return align_uniform_loss(z1, z2)
+
+
+def directclr_case(r1, r2):
+    return directclr_loss(r1, r2, 3, 0.2)
+
+
+def directclr_ntxent_case(r1, r2):
+    return directclr_loss(r1, r2, 3, 0.2, "nt_xent")
+
+
+def macl_case(z1, z2):
+    return macl_loss(z1, z2, 0.1, 0.5, 0.1)
+
+
+def co2_case(z1, z2):
+    return co2_loss(z1, z2, None, 0.1)
+
+
+def test_catalogue_losses_are_exact_under_ddp():
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    n = 8
+    cases = [("mmcr", mmcr_case, [r(n, 3, D)]),
+             ("total_coding_rate", tcr_case, [r(n, D)]),
+             ("emp_ssl", emp_case, [r(n, 3, D)]),
+             ("frossl", frossl_case, [r(n, 2, D)]),
+             ("sigreg", sigreg_case, [r(n, 2, D) * 0.7]),
+             ("lejepa", lejepa_case, [r(n, 2, D), r(n, 3, D)]),
+             ("visreg", visreg_case, [r(n, 2, D), r(n, 1, D)]),
+             ("tico", tico_case, [r(n, D), r(n, D)]),
+             ("tico_batch_grad", tico_batch_grad_case, [r(n, D), r(n, D)]),
+             ("iter_norm", iter_norm_case, [r(n, D) + 1, r(n, D)]),
+             ("vibcreg", vibcreg_case, [r(n, D), r(n, D)]),
+             ("uniformity", uniformity_case, [r(n, D)]),
+             ("align_uniform", align_uniform_case, [r(n, D), r(n, D)]),
+             ("directclr", directclr_case, [r(n, 6), r(n, 6)]),
+             ("directclr_ntxent", directclr_ntxent_case, [r(n, 6), r(n, 6)]),
+             ("macl", macl_case, [r(n, D), r(n, D)]),
+             ("co2", co2_case, [r(n, D), r(n, D)])]
+    result = ddp_parity(cases)
+    assert_parity(result)
+    # every case compared a non-zero gradient, and a half batch would not have passed
+    for name, fn, inputs in cases:
+        assert result[name]["single"][1][0].abs().max() > 0, name
+        half = [x[: n // 2] for x in inputs]
+        assert not torch.allclose(fn(*half), fn(*inputs)), name
