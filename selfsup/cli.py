@@ -1,4 +1,4 @@
-"""The ``selfsup`` command: train, eval, export, prepare, tokenizer, recipes."""
+"""The ``selfsup`` command: train, eval, export, embed, prepare, tokenizer, recipes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from selfsup.config import DEFAULT_RECIPE, ConfigError, apply_overrides, list_recipes, load_recipe, read_yaml, validate
+from selfsup.export import EXPORT_FORMATS
 
 EPILOG = """overrides are dotted keys checked against the recipe schema, e.g.
   selfsup train --recipe simclr_digits optim.lr=0.3 train.epochs=50 data.batch_size=128
@@ -16,7 +17,7 @@ sections: method, data, views, model, optim, train, eval (see README)"""
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised learning, the cookbook runnable.")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{train,eval,export,prepare,tokenizer,recipes}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{train,eval,export,embed,prepare,tokenizer,recipes}")
 
     t = sub.add_parser("train", help="pretrain a recipe, then evaluate it", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,10 +52,36 @@ def _parser() -> argparse.ArgumentParser:
                    help="override eval.protocols: knn linear mlp lowshot retrieval rankme alpha_req spectrum_auc "
                         "rank lidar")
 
-    x = sub.add_parser("export", help="write the backbone weights alone",
-                       description="Write the backbone's state dict (torchvision key names for ResNets).")
+    x = sub.add_parser("export", help="write the backbone weights alone, for torchvision, timm or safetensors",
+                       description="Write the backbone's weights (the encoder evaluation uses) in a format the plain "
+                                   "library model loads with strict=True, with the normalisation and image size; "
+                                   "prints the lines that build that model and load the file.")
     x.add_argument("run_dir")
-    x.add_argument("--out", default=None, help="output file (default: RUN_DIR/backbone.pt)")
+    x.add_argument("--format", default="state_dict", choices=EXPORT_FORMATS,
+                   help="state_dict (default: a plain .pt state dict, as `selfsup eval --weights` reads), torchvision "
+                        "(ResNets), timm (timm: backbones), safetensors (any; metadata in the header)")
+    x.add_argument("--out", default=None, help="output file (default: RUN_DIR/backbone.pt, or backbone.safetensors)")
+
+    m = sub.add_parser("embed", help="write embeddings of a folder, file list or dataset (.npy, .parquet, .csv)",
+                       epilog="examples:\n  selfsup embed runs/simclr-20261125-120000 --data photos/ --out emb.parquet\n"
+                              "  selfsup embed --weights backbone.pt --recipe simclr_digits --data list.csv --out e.npy",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Embed images with the evaluation transform (resize, centre crop, the run's "
+                                   "normalisation), streamed, and write one row per image with its file path and "
+                                   "label, if any; the format follows the suffix of --out.")
+    m.add_argument("run_dir", nargs="?", help="a run directory (or use --weights; then positionals are overrides)")
+    m.add_argument("--weights", default=None, help="an export (selfsup export): .pt state dict or .safetensors")
+    m.add_argument("--recipe", default=None, help="with --weights: the recipe giving model.* (and data.*)")
+    m.add_argument("--data", default=None, help="images to embed: a folder, an ImageFolder tree, a path[,label] file "
+                   "list, a pack, shards, or any dataset `selfsup train --data` reads (default: the recipe's data)")
+    m.add_argument("--format", default=None, help="dataset format, as for train (default: auto)")
+    m.add_argument("--out", required=True, help="output file: .npy (+ .rows.csv), .parquet (pip install "
+                   "'selfsup[parquet]') or .csv")
+    m.add_argument("--features", default="backbone", choices=["backbone", "projector"],
+                   help="backbone features (default) or the projector's output (run directories only)")
+    m.add_argument("--normalize", action="store_true", help="L2-normalise each embedding")
+    m.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    m.add_argument("overrides", nargs="*", help="with --weights: dotted overrides, e.g. model.backbone=resnet18")
 
     r = sub.add_parser("prepare", help="pack an image dataset into one file per split, for fast loading",
                        description="Re-encode every image of SRC (an image folder, a file list or .tar shards) "
@@ -162,6 +189,28 @@ def _eval(args: argparse.Namespace) -> None:
         raise ConfigError("give a run directory or --weights FILE (see selfsup eval --help)")
 
 
+def _embed(args: argparse.Namespace) -> None:
+    from selfsup.embed import embed
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.weights:
+        positional = ([args.run_dir] if args.run_dir else []) + list(args.overrides)
+        if any("=" not in p for p in positional):
+            raise ConfigError("with --weights, positional arguments are overrides like model.backbone=resnet18 (a run "
+                              "directory is embedded without --weights)")
+        embed(args.out, weights=args.weights, recipe=load_recipe(args.recipe, positional), data=args.data,
+              data_format=args.format, features=args.features, normalize=args.normalize, batch_size=args.batch_size)
+    elif args.run_dir:
+        if args.overrides or args.recipe:
+            raise ConfigError("a run directory is embedded with its own config.yaml; --recipe and overrides go with "
+                              "--weights")
+        embed(args.out, run=args.run_dir, data=args.data, data_format=args.format, features=args.features,
+              normalize=args.normalize, batch_size=args.batch_size)
+    else:
+        raise ConfigError("give a run directory or --weights FILE (see selfsup embed --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():  # warnings as one line each, each message once (data loads twice: train, eval)
@@ -181,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from selfsup.data import DataError
+    from selfsup.export import ExportError
     from selfsup.train.checkpoint import CheckpointError
     from selfsup.train.setup import TrainingError
 
@@ -190,9 +240,12 @@ def _run(args: argparse.Namespace) -> int:
         elif args.cmd == "eval":
             _eval(args)
         elif args.cmd == "export":
+            from selfsup.export import export_summary
             from selfsup.rundir import export_backbone
 
-            print(f"backbone weights: {export_backbone(args.run_dir, args.out)}")
+            print(export_summary(*export_backbone(args.run_dir, args.out, fmt=args.format)))
+        elif args.cmd == "embed":
+            _embed(args)
         elif args.cmd == "prepare":
             from selfsup.data.packed import write_packed
 
@@ -205,7 +258,7 @@ def _run(args: argparse.Namespace) -> int:
             width = max(len(n) for n, _ in rows)
             for name, desc in rows:
                 print(f"{name:<{width}}  {desc}")
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, TrainingError) as e:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, TrainingError, ExportError) as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, TrainingError) else 2
     except KeyboardInterrupt:

@@ -156,6 +156,9 @@ class TrainConfig(Section):
                                                    "minutes passed since the last checkpoint (null: off)")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint every this many steps "
                                                "(null: off)")
+    export_every_epoch: Literal["state_dict", "torchvision", "timm", "safetensors"] | None = Field(
+        None, description="after every epoch, also write the backbone as `selfsup export RUN --format F` would "
+        "(RUN/backbone.pt or .safetensors, atomically), so training can stop whenever it is good enough; null: off")
 
 
 class EvalConfig(Section):

@@ -174,20 +174,20 @@ def evaluate_run(run_dir: str | Path, report: bool = False, data: DataSplits | N
 
 def evaluate_weights(weights: str | Path, recipe: Recipe, protocols: list[str] | None = None,
                      device: str | torch.device | None = None, log=print) -> list[Metric]:
-    """Evaluate an exported backbone state dict (``selfsup export``) built as ``recipe.model``
+    """Evaluate an exported backbone (``selfsup export``, any format) built as ``recipe.model``
     describes, on ``recipe.data``. Prints the table; returns the metrics."""
+    from selfsup.export import load_weights
     from selfsup.nets import build_backbone, feature_dim
-    from selfsup.train import checkpoint as ckpt
     from selfsup.views import default_mean_std
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = load_data_section(recipe.data)
     c, size = data.train.channels, data.train.image_size
     m = recipe.model
-    backbone = build_backbone(m.backbone, c, size, small_input=m.small_input, width=m.width)
+    backbone = build_backbone(m.backbone, c, size, small_input=m.small_input, width=m.width, vit=m.vit.kwargs())
     try:
-        backbone.load_state_dict(ckpt.load(weights, map_location="cpu"))
-    except RuntimeError as err:
+        load_weights(backbone, weights)
+    except (RuntimeError, ValueError) as err:
         raise ConfigError(f"weights '{weights}' do not fit model.backbone={m.backbone} with {c} channels at {size}px "
                           f"({str(err).splitlines()[0]}); set model.* like the run that exported them") from None
     mean, std = default_mean_std(c)

@@ -2,7 +2,7 @@
 
 Layout: ``config.yaml`` (the validated recipe), ``metrics.jsonl`` (one row per epoch),
 ``checkpoint.pt`` (method, optimizer, probe, RNG, epoch), ``eval.json`` (results),
-``backbone.pt`` (after ``selfsup export``).
+``backbone.pt`` + ``backbone.json`` or ``backbone.safetensors`` (``selfsup export``, ``train.export_every_epoch``).
 """
 
 from __future__ import annotations
@@ -74,15 +74,19 @@ def load_backbone(run_dir: str | Path, device: str | torch.device = "cpu",
     return encoder_parts(method, which)[0], dict(meta, encoder=which)
 
 
-def export_backbone(run_dir: str | Path, out: str | Path | None = None, encoder: str | None = None) -> Path:
-    """Write the backbone's weights alone (a plain state dict; for ResNets the keys are
-    torchvision's, so it loads into ``torchvision.models.resnetXX()`` built with the same stem,
-    e.g. :func:`selfsup.nets.torchvision_resnet`, with only ``fc`` missing). The backbone is the one
-    evaluation uses (:func:`chosen_encoder`; DINO's teacher by default)."""
-    backbone, _ = load_backbone(run_dir, encoder=encoder)
-    out = Path(out) if out else Path(run_dir) / "backbone.pt"
-    ckpt.save_atomic({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, out)
-    return out
+def export_backbone(run_dir: str | Path, out: str | Path | None = None, encoder: str | None = None,
+                    fmt: str = "state_dict") -> tuple[Path, dict[str, Any]]:
+    """Write the backbone's weights alone in format ``fmt`` (:mod:`selfsup.export`: a plain state dict by
+    default; ``torchvision``, ``timm``, ``safetensors``) to ``out`` (default :func:`selfsup.export.export_path`)
+    and return the path and the metadata written. For ResNets the keys are torchvision's, so it loads
+    into ``torchvision.models.resnetXX()`` built with the same stem (``meta["build"]``). The backbone is
+    the one evaluation uses (:func:`chosen_encoder`; DINO's teacher by default)."""
+    from selfsup.export import export_method, export_path
+
+    method, meta = load_method(run_dir)
+    out = Path(out) if out else export_path(run_dir, fmt)
+    return out, export_method(method, load_recipe_of(run_dir), meta, out, fmt, encoder,
+                              extra={"run": str(run_dir), "epoch": meta["epoch"]})
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

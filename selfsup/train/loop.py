@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from selfsup.config import Recipe
 from selfsup.data import DataSplits, Prefetcher
 from selfsup.diagnostics import CollapseMonitor, rankme
+from selfsup.export import export_method, export_path
 from selfsup.methods import Method
 from selfsup.seeds import mix_seed
 from selfsup.train.optim import set_lr_wd
@@ -226,7 +227,7 @@ def optimize_step(model: nn.Module, method: Method, opt: torch.optim.Optimizer, 
 
 def end_epoch(s: Session, e: EpochState, global_step: int) -> None:
     """The epoch's metrics row (sums averaged over steps and ranks), the collapse monitor, the row
-    appended to ``metrics.jsonl``, then the checkpoint."""
+    appended to ``metrics.jsonl``, then the checkpoint, then (``train.export_every_epoch``) the export."""
     cfg, env, steps = s.cfg, s.env, s.steps
     row: dict[str, Any] = {"epoch": e.epoch + 1, "step": global_step, "progress": (e.epoch + 1) / cfg.train.epochs,
                            **e.logs, **{k: v / steps for k, v in _global_sums(e.sums, env).items()}, **e.last}
@@ -254,6 +255,9 @@ def end_epoch(s: Session, e: EpochState, global_step: int) -> None:
         with open(s.run / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
     save_checkpoint(s, global_step, None)
+    if cfg.train.export_every_epoch and env.is_main:  # lightly-train's per-epoch export: stop whenever it is good
+        export_method(s.method, cfg, s.meta, export_path(s.run, cfg.train.export_every_epoch),
+                      cfg.train.export_every_epoch, extra={"run": str(s.run), "epoch": e.epoch + 1})
     if env.is_main and not _progress_shown(cfg, env):
         s.log(_row_text(row))
 
