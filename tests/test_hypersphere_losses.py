@@ -160,7 +160,7 @@ def test_gradients_match_finite_differences_of_the_references():
     close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     z1, z2, bank = rnd(5, 3, seed=4), rnd(5, 3, seed=5), rnd(4, 3, seed=6)
     close(autograd_grad(lambda x: align_uniform_loss(x, z2, 0.5, distributed=False), z1),
-          numeric_grad(lambda x: sum(math.sqrt(float(((a - b) ** 2).sum())) ** 2 for a, b in zip(units(x), units(z2))) / 5
+          numeric_grad(lambda x: sum(float(((a - b) ** 2).sum()) for a, b in zip(units(x), units(z2))) / 5
                        + 0.25 * (uniformity_reference(x, 2.0) + uniformity_reference(z2, 2.0)), z1))
     r1, r2 = rnd(5, 6, seed=7), rnd(5, 6, seed=8)
     close(autograd_grad(lambda x: directclr_loss(x, r2, 4, 0.3, distributed=False), r1),

@@ -11,6 +11,7 @@ import torch
 from selfsup.losses import emp_ssl_loss, frossl_loss, mmcr_loss, total_coding_rate
 
 F64 = torch.float64
+PERM6, PERM8, PERM12 = (torch.randperm(k, generator=torch.Generator().manual_seed(1)) for k in (6, 8, 12))
 
 
 def rnd(*shape, seed=0):
@@ -63,7 +64,7 @@ def test_mmcr_rotation_and_permutation_invariance():
     v = rnd(6, 2, 5)
     base = mmcr_loss(v, 0.2, distributed=False)
     torch.testing.assert_close(mmcr_loss(v @ random_rotation(5), 0.2, distributed=False), base)
-    torch.testing.assert_close(mmcr_loss(v[torch.randperm(6, generator=torch.Generator().manual_seed(1))], 0.2, distributed=False), base)
+    torch.testing.assert_close(mmcr_loss(v[PERM6], 0.2, distributed=False), base)
     torch.testing.assert_close(mmcr_loss(v[:, [1, 0]], 0.2, distributed=False), base)
 
 
@@ -96,11 +97,12 @@ def test_total_coding_rate_closed_form_and_invariance():
     z = torch.eye(d, dtype=F64)  # orthonormal rows: Z^T Z = I
     assert float(total_coding_rate(z, 0.5, distributed=False)) == pytest.approx(
         d / 2 * math.log(1 + d / (d * 0.25)), rel=1e-12)
-    assert float(total_coding_rate(torch.zeros(4, d, dtype=F64), 0.5, distributed=False)) == 0.0  # collapse codes for free
+    collapsed = torch.zeros(4, d, dtype=F64)
+    assert float(total_coding_rate(collapsed, 0.5, distributed=False)) == 0.0  # collapse codes for free
     x = rnd(8, d)
     torch.testing.assert_close(total_coding_rate(x @ random_rotation(d), 0.2, distributed=False),
                                total_coding_rate(x, 0.2, distributed=False))
-    torch.testing.assert_close(total_coding_rate(x[torch.randperm(8, generator=torch.Generator().manual_seed(1))], 0.2, distributed=False),
+    torch.testing.assert_close(total_coding_rate(x[PERM8], 0.2, distributed=False),
                                total_coding_rate(x, 0.2, distributed=False))
 
 
@@ -159,7 +161,7 @@ def test_frossl_matches_reference(n, d, views):
 def test_frossl_invariances_and_minimum():
     zs = [rnd(12, 4, seed=s) for s in range(2)]
     base = frossl_loss(zs, 1.0, distributed=False)
-    perm = torch.randperm(12, generator=torch.Generator().manual_seed(1))
+    perm = PERM12
     torch.testing.assert_close(frossl_loss([z[perm] for z in zs], 1.0, distributed=False), base)
     torch.testing.assert_close(frossl_loss([z[:, [3, 1, 0, 2]] for z in zs], 1.0, distributed=False), base)
     torch.testing.assert_close(frossl_loss([3 * z for z in zs], 1.0, distributed=False), base)  # scale-free
@@ -172,7 +174,8 @@ def test_gradients_match_finite_differences_of_the_references():
     from grad_check import autograd_grad, numeric_grad
     v = rnd(4, 2, 3, seed=7)
     close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    close(autograd_grad(lambda x: mmcr_loss(x, 0.3, distributed=False), v), numeric_grad(lambda x: mmcr_reference(x, 0.3), v))
+    close(autograd_grad(lambda x: mmcr_loss(x, 0.3, distributed=False), v),
+          numeric_grad(lambda x: mmcr_reference(x, 0.3), v))
     z = rnd(5, 3, seed=8)
     close(autograd_grad(lambda x: total_coding_rate(x, 0.3, distributed=False), z),
           numeric_grad(lambda x: tcr_reference(x, 0.3), z))

@@ -166,8 +166,10 @@ def test_gradients_match_finite_differences_of_the_references():
     a = slices_for(3, 4)
     z = rnd(2, 6, 3, seed=3)
     close(autograd_grad(lambda x: sigreg(x, a, distributed=False), z),
-          numeric_grad(lambda x: sum(ep_reference((x[v] @ a[:, m]).tolist()) for v in range(2) for m in range(4)) / 8, z))
+          numeric_grad(lambda x: sum(ep_reference((x[v] @ a[:, m]).tolist()) for v in range(2)
+                                     for m in range(4)) / 8, z))
     # VISReg's shape term standardises with a stop-gradient on sigma: freeze it at the base point
     sd0 = z.std(1, unbiased=False).tolist()
     got = autograd_grad(lambda x: sum(w * t for w, t in zip((1.0, 2.0, 0.5), visreg_terms(x, a, distributed=False))), z)
-    close(got, numeric_grad(lambda x: sum(w * t for w, t in zip((1.0, 2.0, 0.5), visreg_reference(x, a, 1e-4, sd0))), z))
+    weighted_reference = lambda x: sum(w * t for w, t in zip((1.0, 2.0, 0.5), visreg_reference(x, a, 1e-4, sd0)))
+    close(got, numeric_grad(weighted_reference, z))

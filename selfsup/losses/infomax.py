@@ -89,10 +89,13 @@ def emp_ssl_loss(patches: torch.Tensor | list[torch.Tensor], lambda_: float = 20
               \cos(z_{p,i}, \bar z_i) \Big],
 
     with :math:`\lambda = 200` and :math:`\epsilon = 0.2` (the official ``main.py`` defaults; :math:`\bar Z` is not
-    detached there). **Convention:** the paper writes :math:`\epsilon^2` inside :math:`R`, the official code
-    and lightly use :math:`\epsilon`; this follows the paper by default and ``eps_convention="code"`` gives
-    the code's variant (at 0.2 the code's :math:`D/(N \cdot 0.2)` equals the paper's with
-    :math:`\epsilon = \sqrt{0.2}`). Under DDP every :math:`R(Z_p)` uses the global batch.
+    detached there, and detaching it would change nothing: for unit :math:`z_p` the mean cosine has zero
+    gradient through :math:`\bar z`). **Convention:** the paper writes :math:`\epsilon^2` inside :math:`R`, the
+    official code and lightly use :math:`\epsilon`; this follows the paper by default and
+    ``eps_convention="code"`` gives the code's variant (at 0.2 the code's :math:`D/(N \cdot 0.2)` equals the
+    paper's with :math:`\epsilon = \sqrt{0.2}`). lightly 1.6's ``EMPSSLLoss`` *adds* :math:`R` (it minimises
+    the coding rate); the paper and the official code subtract it, as here. Under DDP every :math:`R(Z_p)`
+    uses the global batch.
     """
     z = _views_tensor(patches, "emp_ssl_loss")
     if normalize:

@@ -90,7 +90,8 @@ def sigreg(z: torch.Tensor, slices: torch.Tensor, knots: int = 17, t_max: float 
 
 @fp32_loss
 def multiview_invariance(global_views: torch.Tensor, local_views: torch.Tensor | None = None) -> torch.Tensor:
-    r"""LeJEPA's prediction loss (Balestriero & LeCun, 2025, Section 5; the official ``MINIMAL.md`` loop): every view, global and local, is
+    r"""LeJEPA's prediction loss (Balestriero & LeCun, 2025; the official ``MINIMAL.md`` loop): every view,
+    global and local, is
     pulled to the mean :math:`\mu_i` of the :math:`V_g` global views of its image,
     :math:`\frac{1}{V N D} \sum_{v,i} \lVert z_{v,i} - \mu_i \rVert^2` over all :math:`V = V_g + V_l` views."""
     g = _views(global_views, "multiview_invariance")
