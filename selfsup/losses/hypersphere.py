@@ -62,7 +62,8 @@ def directclr_loss(r1: torch.Tensor, r2: torch.Tensor, dim0: int = 360, temperat
     and the other view's batch as negatives, symmetrised,
     :math:`\frac12 [\ell(Z, Z') + \ell(Z', Z)]`,
     :math:`\ell = -\frac1N \sum_i [\hat z_i^\top \hat z'_i/\tau - \log \sum_j e^{\hat z_i^\top \hat z'_j/\tau}]`.
-    ``"nt_xent"`` is lightly's ``DirectCLRLoss``: SimCLR's NT-Xent with all 2N-2 other views as negatives (lightly's defaults are ``loss_dim=64``, τ = 0.5).
+    ``"nt_xent"`` is lightly's ``DirectCLRLoss``: SimCLR's NT-Xent with all 2N-2 other views as
+    negatives (lightly's defaults are ``loss_dim=64``, τ = 0.5).
     """
     if r1.shape != r2.shape or r1.dim() < 2:
         raise ValueError(f"directclr_loss expects two [N, ...] tensors of equal shape, got {tuple(r1.shape)} and "
