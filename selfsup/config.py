@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from selfsup.data.imagefolder import DEFAULT_IMAGEFOLDER_SIZE
 from selfsup.eval.evaluate import EVAL_PROTOCOLS
 from selfsup.methods import METHODS
+from selfsup.methods.base import accumulation_problem
 from selfsup.nets.backbones import check_backbone_name, is_vit_name
 from selfsup.nets.vit import VIT_FEATURES
 from selfsup.schema import Section
@@ -142,6 +143,9 @@ class TrainConfig(Section):
     online_probe: bool = True
     probe_lr: float = Field(1e-3, gt=0)
     channels_last: bool = False
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step (data.batch_size stays the "
+                            "effective batch): plain gradient accumulation, or exact gradient caching for "
+                            "contrastive and covariance losses; methods that can do neither refuse it")
     collapse_rankme_fraction: float = Field(0.02, ge=0, le=1, description="warn when the embeddings' RankMe falls "
                                             "below this fraction of min(N, D)")
     progress_bar: bool | None = Field(None, description="null: only when stderr is a terminal")
@@ -219,6 +223,9 @@ class Recipe(Section):
         bad = [f for f in [*(self.eval.features or []), self.eval.finetune_features] if f and f not in VIT_FEATURES]
         if bad:
             raise ValueError(f"eval.features: unknown readout {bad[0]!r}; choose from {', '.join(VIT_FEATURES)}")
+        problem = accumulation_problem(METHODS[self.method.name], self.train.accumulate, self.data.batch_size)
+        if problem:
+            raise ValueError(problem)
         if self.eval.encoder == "teacher" and METHODS[self.method.name].teacher_attr is None:
             raise ValueError(f"eval.encoder=teacher: {self.method.name} has no EMA teacher; use eval.encoder=student "
                              f"(or null, the paper's choice)")

@@ -33,16 +33,18 @@ class BarlowTwinsConfig(MethodConfig):
 class BarlowTwins(Method):
     Config = BarlowTwinsConfig
     default_views = "byol"
+    accumulation = "exact"  # the batch's cross-correlation matrix: gradient caching
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: BarlowTwinsConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector, last_bias=False)
 
-    def forward(self, views, progress=0.0, labels=None):
+    def embed(self, views):
         h = encode_views(self.backbone, views[:2])
-        z = [self.projector(x) for x in h]
-        loss = barlow_twins_loss(z[0], z[1], self.cfg.lambda_)
-        return {"loss": loss, "feats": h[0].detach(), "emb": z[0].detach()}
+        return h[0], [self.projector(x) for x in h]
+
+    def objective(self, z, labels=None):
+        return {"loss": barlow_twins_loss(z[0], z[1], self.cfg.lambda_)}
 
     def param_groups(self) -> list[dict]:
         """Weights at the scheduled lr; biases and BN parameters (the ``no_decay`` group: no weight decay,

@@ -68,6 +68,21 @@ def fresh_generator() -> torch.Generator:
     return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
 
 
+def accumulation_problem(method: "type[Method] | Method", k: int, batch_size: int, world_size: int = 1) -> str | None:
+    """The one-line problem with ``train.accumulate=k`` for this method and effective batch, or None."""
+    if k == 1:
+        return None
+    name = method.Config.model_fields["name"].default
+    if method.accumulation is None:
+        return (f"train.accumulate={k}: {name} cannot accumulate, {method.no_accumulation_reason}; set "
+                f"train.accumulate=1 (exact: simclr, vicreg, barlow_twins, dcl, dclw, supcon; plain: byol, simsiam, "
+                f"dino, mae, simmim)")
+    if batch_size % (k * world_size):
+        return (f"data.batch_size={batch_size} must divide by train.accumulate={k} x {world_size} process(es); "
+                f"choose a multiple of {k * world_size}")
+    return None
+
+
 class Method(nn.Module):
     """Base class: subclasses define ``Config``, ``__init__`` and ``forward``."""
 
@@ -92,6 +107,13 @@ class Method(nn.Module):
     #: how many training images :meth:`prepare` wants before the first epoch of a new run (0: no call);
     #: an instance may set it from its config (BEiT's k-means tokenizer sample)
     prepare_images: int = 0
+    #: how ``train.accumulate: K > 1`` splits a step into K micro-batches (:mod:`selfsup.train.accumulate`):
+    #: ``"plain"`` (loss / K per micro-batch; the loss is a mean of per-image terms and updates run once, in
+    #: :meth:`after_step`), ``"exact"`` (gradient caching over :meth:`embed` and :meth:`loss`), None: refused
+    accumulation: ClassVar[Literal["plain", "exact"] | None] = None
+    #: why ``accumulate > 1`` is refused (``accumulation = None``), for the one-line error
+    no_accumulation_reason: ClassVar[str] = ("it declares no accumulation mode (Method.accumulation): its loss and "
+                                             "updates are not known to split into micro-batches exactly")
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MethodConfig, epochs: int = 100) -> None:
         super().__init__()
@@ -103,8 +125,21 @@ class Method(nn.Module):
     def forward(self, views: list[torch.Tensor], progress: float = 0.0,
                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Return at least ``loss``, ``feats`` (backbone features of view 0, detached) and ``emb``
-        (the embeddings the loss sees for view 0, detached) for logging and the online probe."""
-        raise NotImplementedError
+        (the embeddings the loss sees for view 0, detached) for logging and the online probe.
+        The default is ``objective(embed(views))``, for methods split that way (``accumulation = "exact"``)."""
+        feats, z = self.embed(views)
+        return {**self.objective(z, labels), "feats": feats.detach(), "emb": z[0].detach()}
+
+    def embed(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The network half of an exactly accumulated method: ``(backbone features of view 0, the embeddings
+        [b, D] of each view that :meth:`objective` sees)``. Each row may depend on its own image only (no batch
+        statistics), so micro-batches embed one at a time and concatenate to the batch's embeddings."""
+        raise NotImplementedError(f"{type(self).__name__} has no embed/objective split; it defines forward")
+
+    def objective(self, z: list[torch.Tensor], labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The loss half: ``loss`` (and scalars to log) from the whole (local) batch's embeddings ``z``; under
+        DDP it gathers over processes, as the losses do."""
+        raise NotImplementedError(f"{type(self).__name__} has no embed/objective split; it defines forward")
 
     def make_masks(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...] | None:
         """Patch masks for one step of ``batch`` images (the global batch), drawn on CPU from ``generator``

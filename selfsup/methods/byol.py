@@ -26,6 +26,7 @@ class BYOLConfig(MethodConfig):
 
 class BYOL(Method):
     Config = BYOLConfig
+    accumulation = "plain"  # per-image regression to the EMA target (updated in after_step)
     default_views = "byol"
     teacher_attr = "teacher"  # evaluated: the online encoder f_theta (Sec. 3.1, "we only keep the encoder")
 

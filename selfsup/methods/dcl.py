@@ -36,16 +36,18 @@ class DCLWConfig(DCLConfig):
 class DCL(Method):
     Config = DCLConfig
     default_views = "simclr"
+    accumulation = "exact"  # in-batch negatives: gradient caching
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: DCLConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
 
-    def forward(self, views, progress=0.0, labels=None):
+    def embed(self, views):
         h = encode_views(self.backbone, views[:2])
-        z = [self.projector(x) for x in h]
-        loss = dcl(z[0], z[1], self.cfg.temperature, getattr(self.cfg, "sigma", None))
-        return {"loss": loss, "feats": h[0].detach(), "emb": z[0].detach()}
+        return h[0], [self.projector(x) for x in h]
+
+    def objective(self, z, labels=None):
+        return {"loss": dcl(z[0], z[1], self.cfg.temperature, getattr(self.cfg, "sigma", None))}
 
 
 class DCLW(DCL):

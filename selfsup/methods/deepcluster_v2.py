@@ -47,6 +47,7 @@ class DeepClusterV2Config(MethodConfig):
 
 class DeepClusterV2(Method):
     Config = DeepClusterV2Config
+    no_accumulation_reason = "its forward writes the batch into the memory bank"
     default_views = "swav_multicrop"
     needs_indices = True
 

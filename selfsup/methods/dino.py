@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from selfsup.losses import DINOLoss
+from selfsup.losses import DINOLoss, all_reduce_sum, dino_loss
 from selfsup.methods.base import Method, MethodConfig, encode_views, n_global_views
 from selfsup.nets import EMA, DINOHead, cosine_momentum
 
@@ -53,13 +53,16 @@ class DINO(Method):
     Config = DINOConfig
     default_views = "multicrop"
     teacher_attr = "teacher"
+    accumulation = "plain"  # a mean of per-image cross-entropies with the step's center; the center moves in after_step
     eval_encoder = "teacher"  # Sec. 5.2 (Fig. 6: the teacher outperforms the student); eval_linear.py --checkpoint_key teacher
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: DINOConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.head = DINOHead(feat_dim, cfg.out_dim, cfg.head, cfg.use_bn_in_head, cfg.norm_last_layer)
         self.teacher = EMA(nn.Sequential(self.backbone, self.head))
-        self.criterion = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum)
+        self.criterion = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum)  # holds the center buffer
+        self._teacher_sum: torch.Tensor | None = None  # teacher outputs summed since the last step, and their count
+        self._teacher_rows = 0
 
     def forward(self, views, progress=0.0, labels=None):
         """``views`` are [globals..., locals...]; the globals are the leading views at the first view's
@@ -72,7 +75,11 @@ class DINO(Method):
             teacher = encode_views(self.teacher, views[:n_global])
         temp = teacher_temperature(progress * self.epochs, self.cfg.warmup_teacher_temp, self.cfg.teacher_temp,
                                    self.cfg.warmup_teacher_temp_epochs)
-        loss = self.criterion(student, teacher, temp)
+        loss = dino_loss(student, teacher, self.criterion.center, self.cfg.student_temp, temp)
+        if self.training:  # the center moves once per step, in after_step (so K accumulated micro-batches share it)
+            t = torch.cat(teacher).detach().to(self.criterion.center.dtype)
+            self._teacher_sum = (self._teacher_sum if self._teacher_sum is not None else 0) + t.sum(0)
+            self._teacher_rows += t.shape[0]
         return {"loss": loss, "feats": h[0].detach(), "emb": y[: len(h[0])].detach(),  # view 0's bottleneck
                 "teacher_temp": torch.tensor(temp)}
 
@@ -87,4 +94,9 @@ class DINO(Method):
     def after_step(self, progress: float) -> dict[str, float]:
         tau = cosine_momentum(self.cfg.tau_base, progress)
         self.teacher.update(nn.Sequential(self.backbone, self.head), tau)
+        if self._teacher_sum is not None:  # Eq. (4) with the mean over the step's global batch
+            stats = all_reduce_sum(torch.cat([self._teacher_sum, self._teacher_sum.new_tensor([self._teacher_rows])]))
+            c, m = self.criterion.center, self.cfg.center_momentum
+            c.copy_(c * m + (1 - m) * (stats[:-1] / stats[-1]).to(c.dtype))
+            self._teacher_sum, self._teacher_rows = None, 0
         return {"momentum": tau}

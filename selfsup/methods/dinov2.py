@@ -85,6 +85,7 @@ class DINOv2Config(MethodConfig):
 
 class DINOv2(IBOT):
     Config = DINOv2Config
+    no_accumulation_reason = "its centers (or Sinkhorn-Knopp) and KoLeo use the whole batch"
     eval_encoder = "teacher"  # the official evaluations load the teacher's weights
     # eval/linear.py's grid: cls of the last 1 or 4 blocks, with or without the mean patch token
     eval_features = ("cls", "last4_cls", "cls_avg", "last4_cls_avg")

@@ -35,6 +35,7 @@ class DirectPredConfig(MethodConfig):
 
 class DirectPred(Method):
     Config = DirectPredConfig
+    no_accumulation_reason = "its predictor comes from the batch correlation, updated inside forward"
     default_views = "byol"
     teacher_attr = "teacher"  # evaluated: the online encoder, as BYOL
 

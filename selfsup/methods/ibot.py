@@ -138,6 +138,7 @@ def patch_loss(student_flat: torch.Tensor, teacher_probs: torch.Tensor, mask: to
 
 class IBOT(Method):
     Config = IBOTConfig
+    no_accumulation_reason = "its centers move inside forward"
     default_views = "multicrop"
     teacher_attr = "teacher"
     eval_encoder = "teacher"  # the official evaluation loads --checkpoint_key teacher

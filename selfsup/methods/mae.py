@@ -75,6 +75,7 @@ class MAEDecoder(nn.Module):
 
 class MAE(Method):
     Config = MAEConfig
+    accumulation = "plain"  # per-patch MSE; every image masks the same number of patches
     default_views = "crop"
     eval_features = ("cls",)  # main_linprobe.py probes the cls token
     # BatchNorm without affine + LARS (main_linprobe.py: blr 0.1 x 16384/256 = lr 6.4, wd 0); the lr grid spans it

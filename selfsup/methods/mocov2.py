@@ -81,6 +81,7 @@ def random_unit_queue(bank: MemoryBank) -> None:
 
 class MoCoV2(Method):
     Config = MoCoV2Config
+    no_accumulation_reason = "each step enqueues the keys of its one forward"
     default_views = "mocov2"
     teacher_attr = "key_encoder"  # evaluated: the query encoder (official main_lincls.py loads encoder_q)
 

@@ -36,6 +36,7 @@ class MoCoV3Config(MethodConfig):
 
 class MoCoV3(Method):
     Config = MoCoV3Config
+    no_accumulation_reason = "its InfoNCE uses the whole batch of momentum keys and it has no embed/objective split yet"
     default_views = "byol"
     teacher_attr = "momentum_encoder"  # evaluated: the base encoder (official main_lincls.py)
 

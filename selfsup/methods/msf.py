@@ -47,6 +47,7 @@ class MSFConfig(MethodConfig):
 
 class MSF(Method):
     Config = MSFConfig
+    no_accumulation_reason = "each step enqueues the targets of its one forward"
     default_views = "msf"
     teacher_attr = "target"  # evaluated: the online (query) encoder, as BYOL
 

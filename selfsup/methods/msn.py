@@ -118,6 +118,7 @@ def n_dropped(n_patches: int, patch_drop: float) -> int:
 
 class MSN(Method):
     Config = MSNConfig
+    no_accumulation_reason = "ME-MAX and Sinkhorn use the whole batch"
     default_views = "multicrop"
     teacher_attr = "target_encoder"
     eval_encoder = "teacher"  # the target encoder (official linear_eval.py / logistic_eval.py)

@@ -36,6 +36,7 @@ class NNCLRConfig(MethodConfig):
 
 class NNCLR(Method):
     Config = NNCLRConfig
+    no_accumulation_reason = "each step enqueues the support set of its one forward"
     default_views = "byol"
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: NNCLRConfig, epochs: int = 100) -> None:

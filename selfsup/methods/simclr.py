@@ -26,13 +26,15 @@ class SimCLRConfig(MethodConfig):
 class SimCLR(Method):
     Config = SimCLRConfig
     default_views = "simclr"
+    accumulation = "exact"  # NT-Xent needs every negative: gradient caching (Gao et al., 2021)
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SimCLRConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
 
-    def forward(self, views, progress=0.0, labels=None):
+    def embed(self, views):
         h = encode_views(self.backbone, views[:2])
-        z = [self.projector(x) for x in h]
-        loss = nt_xent(z[0], z[1], self.cfg.temperature)
-        return {"loss": loss, "feats": h[0].detach(), "emb": z[0].detach()}
+        return h[0], [self.projector(x) for x in h]
+
+    def objective(self, z, labels=None):
+        return {"loss": nt_xent(z[0], z[1], self.cfg.temperature)}

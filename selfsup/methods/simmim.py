@@ -39,6 +39,7 @@ class SimMIMConfig(MethodConfig):
 
 class SimMIM(Method):
     Config = SimMIMConfig
+    accumulation = "plain"  # per-pixel L1; every image masks the same number of cells
     default_views = "crop"
     finetune_features = "avg"  # the official ViT fine-tunes with use_mean_pooling
 

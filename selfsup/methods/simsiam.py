@@ -35,6 +35,7 @@ class SimSiamConfig(MethodConfig):
 
 class SimSiam(Method):
     Config = SimSiamConfig
+    accumulation = "plain"  # per-image negative cosine
     default_views = "mocov2"
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SimSiamConfig, epochs: int = 100) -> None:

@@ -31,15 +31,17 @@ class SupCon(Method):
     Config = SupConConfig
     default_views = "simclr"
     needs_labels = True
+    accumulation = "exact"  # in-batch positives and negatives: gradient caching
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SupConConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
 
-    def forward(self, views, progress=0.0, labels=None):
+    def embed(self, views):
+        h = encode_views(self.backbone, views)
+        return h[0], [self.projector(x) for x in h]
+
+    def objective(self, z, labels=None):
         if labels is None:
             raise ValueError("supcon needs the labels of the batch: call method(views, progress, labels)")
-        h = encode_views(self.backbone, views)
-        z = [self.projector(x) for x in h]
-        loss = supcon(z, labels, self.cfg.temperature)
-        return {"loss": loss, "feats": h[0].detach(), "emb": z[0].detach()}
+        return {"loss": supcon(z, labels, self.cfg.temperature)}

@@ -42,6 +42,7 @@ class SwAVConfig(MethodConfig):
 
 class SwAV(Method):
     Config = SwAVConfig
+    no_accumulation_reason = "Sinkhorn-Knopp balances the codes over the whole batch"
     default_views = "swav_multicrop"
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SwAVConfig, epochs: int = 100) -> None:

@@ -28,15 +28,17 @@ class VICRegConfig(MethodConfig):
 class VICReg(Method):
     Config = VICRegConfig
     default_views = "byol"
+    accumulation = "exact"  # variance and covariance of the whole batch: gradient caching
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: VICRegConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
 
-    def forward(self, views, progress=0.0, labels=None):
+    def embed(self, views):
         h = encode_views(self.backbone, views[:2])
-        z = [self.projector(x) for x in h]
+        return h[0], [self.projector(x) for x in h]
+
+    def objective(self, z, labels=None):
         inv, var, cov = vicreg_terms(z[0], z[1], gamma=self.cfg.gamma)
         loss = self.cfg.lambda_ * inv + self.cfg.mu * var + self.cfg.nu * cov
-        return {"loss": loss, "feats": h[0].detach(), "emb": z[0].detach(),
-                "inv": inv.detach(), "var": var.detach(), "cov": cov.detach()}
+        return {"loss": loss, "inv": inv.detach(), "var": var.detach(), "cov": cov.detach()}

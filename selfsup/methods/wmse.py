@@ -35,6 +35,7 @@ class WMSEConfig(MethodConfig):
 
 class WMSE(Method):
     Config = WMSEConfig
+    no_accumulation_reason = "it whitens the whole batch with its own covariance"
     default_views = "mocov2"  # the recipe adds W-MSE's 4 views, grayscale 0.1 and no blur
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: WMSEConfig, epochs: int = 100) -> None:

@@ -25,6 +25,7 @@ from selfsup.diagnostics import CollapseMonitor, rankme
 from selfsup.export import export_method, export_path
 from selfsup.methods import Method
 from selfsup.seeds import mix_seed
+from selfsup.train.accumulate import accumulated_backward
 from selfsup.train.optim import set_lr_wd
 from selfsup.train.resume import agree_run_dir, resume_from, save_checkpoint, start_run
 from selfsup.train.schedules import cosine, warmup_cosine
@@ -181,7 +182,8 @@ def train_one_step(s: Session, e: EpochState, x: torch.Tensor, y: torch.Tensor |
     t_aug = time.perf_counter() - t_aug
 
     out, extra = optimize_step(s.model, s.method, s.opt, s.scaler, views, progress, y, cfg.train.precision,
-                               env.device, cfg.optim.clip_grad, where=where, indices=indices, env=env, masks=masks)
+                               env.device, cfg.optim.clip_grad, where=where, indices=indices, env=env, masks=masks,
+                               accumulate=cfg.train.accumulate)
     feats = out["feats"].float()
     if s.probe is not None and y is not None:
         logits = s.probe_model(feats)
@@ -204,18 +206,24 @@ def optimize_step(model: nn.Module, method: Method, opt: torch.optim.Optimizer, 
                   views: list[torch.Tensor], progress: float, labels: torch.Tensor | None, precision: str,
                   device: torch.device, clip_grad: float | None = None, where: str = "",
                   indices: torch.Tensor | None = None, env: Env | None = None,
-                  masks: tuple[torch.Tensor, ...] | None = None) -> tuple[dict, dict]:
+                  masks: tuple[torch.Tensor, ...] | None = None, accumulate: int = 1) -> tuple[dict, dict]:
     """One optimisation step: forward (autocast), NaN check (agreed by every rank), backward, the
     method's gradient surgery, clipping, optimizer step, then the method's post-step updates (teacher,
     queues). ``model`` is ``method`` or its DDP wrapper; ``indices`` (dataset rows of the batch) go to
-    methods that need them (``needs_indices``), ``masks`` to methods that draw them (``make_masks``). Returns the forward's outputs and the logged extras."""
+    methods that need them (``needs_indices``), ``masks`` to methods that draw them (``make_masks``).
+    ``accumulate`` > 1: the same gradients from that many micro-batches (:mod:`selfsup.train.accumulate`).
+    Returns the forward's outputs and the logged extras."""
     extra = {k: v for k, v in (("indices", indices), ("masks", masks)) if v is not None}
-    with autocast(precision, device):
-        out = model(views, progress, labels, **extra)
-    loss = out["loss"]
-    agree_finite(loss, env, where or f"progress {progress:.3f}")
+    where = where or f"progress {progress:.3f}"
     opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    if accumulate > 1:
+        out = accumulated_backward(model, method, views, progress, labels, accumulate, precision, device, scaler,
+                                   env, where, **extra)
+    else:
+        with autocast(precision, device):
+            out = model(views, progress, labels, **extra)
+        agree_finite(out["loss"], env, where)
+        scaler.scale(out["loss"]).backward()
     method.on_backward(progress)
     if clip_grad:
         scaler.unscale_(opt)

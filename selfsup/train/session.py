@@ -19,6 +19,7 @@ from selfsup.data import (DataSplits, EpochSampler, StreamLoader, StreamSplit, c
                           load_data_section)
 from selfsup.diagnostics import CollapseMonitor
 from selfsup.methods import METHODS, Method
+from selfsup.methods.base import accumulation_problem
 from selfsup.nets import build_backbone, feature_dim, online_probe
 from selfsup.nets.layer_decay import apply_layer_decay
 from selfsup.seeds import mix_seed
@@ -120,9 +121,12 @@ def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, m
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is the effective batch and must divide by the "
                           f"{env.world_size} processes")
     check_batch_size(train_set, cfg.data.batch_size // env.world_size, env.world_size)
+    method_cls = METHODS[cfg.method.name]
+    problem = accumulation_problem(method_cls, cfg.train.accumulate, cfg.data.batch_size, env.world_size)
+    if problem:
+        raise ConfigError(problem)
     channels, size = train_set.channels, train_set.image_size
     mean, std = default_mean_std(channels)
-    method_cls = METHODS[cfg.method.name]
     try:
         views_fn = build_views(cfg.views.kind or method_cls.default_views, size, channels, mean, std,
                                **cfg.views.params)
