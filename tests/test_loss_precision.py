@@ -43,6 +43,7 @@ NOT_LOSSES = {
     "fp32_loss": "the precision policy itself",
     "patchify": "pure reshape (keeps the dtype)", "unpatchify": "pure reshape (keeps the dtype)",
     "power_law_prior": "a constant prior, no inputs",
+    "random_slices": "random directions drawn in float64 from a generator, no inputs",
 }
 # Names exercised through another name's cases.
 COVERED_BY = {"UNIFIED_PRESETS": "unified_contrastive", "unified_preset": "unified_contrastive",
@@ -130,6 +131,37 @@ _MIM_CASES: list[Case] = [
     Case("pmsn_loss", pmsn_loss, _msn_inputs),
 ]
 
+_SLICES = losses.random_slices(D, 64, torch.Generator().manual_seed(0))
+
+
+def _views(g: torch.Generator, v: int) -> torch.Tensor:
+    return torch.randn(v, N, D, generator=g)
+
+
+# issue 11's joint-embedding losses (selfsup.losses.{infomax,isotropic_gaussian,covariance,hypersphere})
+_CATALOGUE_CASES: list[Case] = [
+    Case("mmcr_loss", lambda v: losses.mmcr_loss(v, 0.1), lambda g: (_views(g, 2).transpose(0, 1),)),
+    Case("total_coding_rate", losses.total_coding_rate, lambda g: (_emb(g),)),
+    Case("emp_ssl_loss", losses.emp_ssl_loss, lambda g: (_views(g, 4),)),
+    Case("frossl_loss", lambda a, b: losses.frossl_loss([a, b]), _pair),
+    Case("epps_pulley", losses.epps_pulley, lambda g: (_emb(g),)),
+    Case("sigreg", lambda z: losses.sigreg(z, _SLICES), lambda g: (_views(g, 2),)),
+    Case("multiview_invariance", losses.multiview_invariance, lambda g: (_views(g, 2), _views(g, 3))),
+    Case("lejepa_loss", lambda a, b: losses.lejepa_loss(a, b, _SLICES), lambda g: (_views(g, 2), _views(g, 3))),
+    Case("visreg_terms", lambda z: losses.visreg_terms(z, _SLICES), lambda g: (_views(g, 2),)),
+    Case("visreg_loss", lambda a, b: losses.visreg_loss(a, b, _SLICES), lambda g: (_views(g, 2), _views(g, 1))),
+    Case("tico_loss", losses.tico_loss, lambda g: (*_pair(g), 0.1 * torch.eye(D))),
+    Case("iter_norm", lambda x: losses.iter_norm(x, 4), lambda g: (_emb(g, 64, D),)),
+    Case("vibcreg_loss", losses.vibcreg_loss, _pair),
+    Case("alignment_loss", losses.alignment_loss, _pair),
+    Case("uniformity_loss", losses.uniformity_loss, lambda g: (_emb(g),)),
+    Case("align_uniform_loss", losses.align_uniform_loss, _pair),
+    Case("directclr_loss", lambda a, b: losses.directclr_loss(a, b, 8), _pair),
+    Case("macl_loss", losses.macl_loss, _pair),
+    Case("co2_loss", losses.co2_loss, _pair),
+    Case("co2_loss", losses.co2_loss, lambda g: (*_pair(g), _emb(g, K))),
+]
+
 CASES: list[Case] = [
     Case("nt_xent", lambda a, b: nt_xent(a, b, 0.1), _pair),
     Case("info_nce", lambda q, k, n: info_nce(q, k, n, 0.1), lambda g: (*_pair(g), _emb(g, K))),
@@ -184,6 +216,7 @@ CASES: list[Case] = [
     Case("nearest_prototype", nearest_prototype, lambda g: (_unit(g, N), _unit(g, K))),
     Case("spherical_kmeans", lambda x, c: spherical_kmeans(x, c, n_iters=3), lambda g: (_unit(g, N), _unit(g, 5))),
     *_MIM_CASES,
+    *_CATALOGUE_CASES,
 ]
 
 
