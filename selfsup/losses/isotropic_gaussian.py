@@ -114,8 +114,11 @@ def lejepa_loss(global_views: torch.Tensor, local_views: torch.Tensor | None, sl
 @fp32_loss
 def visreg_terms(z: torch.Tensor, slices: torch.Tensor, eps: float = 1e-4,
                  distributed: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""The three VISReg regularisers (Wu et al., 2026, "VISReg: Variance-Invariance-Sketching
-    Regularization", Eqs. (1), (2), (5), (6)) of ``z`` ``[V, N, D]`` (each view its own sample set):
+    r"""The three VISReg regularisers (Wu, Balestriero & Levine, 2026, "VISReg: Variance-Invariance-Sketching
+    Regularization for JEPA training", arXiv 2606.02572) of ``z`` ``[V, N, D]`` (each view its own sample set).
+    Provenance: the scale term and the scale/shape decoupling are as on the paper's project page; the shape
+    and center terms follow lightly's ``VISRegLoss``, which cites the paper's Eqs. (2), (5), (6) and
+    Algorithm 1 (the paper's full text and official code could not be opened here).
 
     - scale :math:`\frac1D \sum_j (1 - \sigma_j(Z))^2` (biased per-dimension std);
     - shape: the squared 1-D 2-Wasserstein distance between each slice of the standardised embeddings
