@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true",
                    help="start over in a run directory that already holds a run (its run files are removed)")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    t.add_argument("--dry-run", action="store_true", help="validate everything (recipe, data, backbone, views: one "
+                   "small batch through them) and print the data summary and the plan; train nothing, write nothing")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.3")
 
     e = sub.add_parser("eval", help="evaluate a run or exported weights: kNN, probes, spectra, ...",
@@ -109,7 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, help="tokenizer file to write (.pt)")
     k.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method.vocab_size=1024")
 
-    sub.add_parser("recipes", help="list the bundled recipes", description="List the bundled recipes.")
+    rc = sub.add_parser("recipes", help="list the bundled recipes, or show one in full: recipes show NAME",
+                        description="List the bundled recipes; `selfsup recipes show NAME [overrides]` prints the "
+                                    "resolved recipe, every field with its description (YAML: save it, edit it, "
+                                    "train it with --recipe FILE).")
+    rc.add_argument("action", nargs="?", choices=["show"], help="show: print one recipe in full")
+    rc.add_argument("name", nargs="?", help="recipe name or YAML path (with show)")
+    rc.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.3")
     return p
 
 
@@ -157,6 +165,11 @@ def _train(args: argparse.Namespace) -> None:
         recipe = load_recipe(args.recipe, extra)
         run = Path(args.out) if args.out else make_run_dir(recipe)
     args.run = run  # for the Ctrl-C message
+    if args.dry_run:
+        from selfsup.train.dry_run import dry_run
+
+        dry_run(recipe, run)
+        return
     run = train(recipe, run_dir=run, resume=bool(args.resume), overwrite=args.overwrite)
     if torch.distributed.is_initialized():  # under torchrun, rank 0 evaluates alone
         rank = torch.distributed.get_rank()
@@ -253,7 +266,15 @@ def _run(args: argparse.Namespace) -> int:
                          args.overwrite)
         elif args.cmd == "tokenizer":
             _fit_tokenizer(args)
+        elif args.cmd == "recipes" and args.action == "show":
+            from selfsup.explain import describe_recipe
+
+            if not args.name:
+                raise ConfigError("selfsup recipes show NAME: give a recipe name (see `selfsup recipes`) or a YAML path")
+            print(describe_recipe(load_recipe(args.name, args.overrides), args.name), end="")
         elif args.cmd == "recipes":
+            if args.name or args.overrides:
+                raise ConfigError("`selfsup recipes` lists the recipes; use `selfsup recipes show NAME [overrides]`")
             rows = list_recipes()
             width = max(len(n) for n, _ in rows)
             for name, desc in rows:

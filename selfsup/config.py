@@ -35,7 +35,8 @@ class DataConfig(Section):
     path: str | None = Field(None, description="dataset path: an ImageFolder tree or folder of images, a .csv/.tsv/"
                              ".txt file list, a `selfsup prepare` pack, .tar shards, .npz, IDX or CIFAR; null = the "
                              "built-in digits")
-    format: Literal["auto", "digits", "imagefolder", "filelist", "packed", "shards", "npz", "idx", "cifar"] = "auto"
+    format: Literal["auto", "digits", "imagefolder", "filelist", "packed", "shards", "npz", "idx", "cifar"] = Field(
+        "auto", description="dataset format; auto: detected from the path")
     image_size: int | None = Field(None, gt=0, description=f"output side of the global views (null: the native size "
                                    f"of npz, IDX and CIFAR arrays; 32 for digits; {DEFAULT_IMAGEFOLDER_SIZE} for "
                                    f"image files, whose sizes vary)")
@@ -103,7 +104,8 @@ class ModelConfig(Section):
                           "timm:vit_* become a selfsup.nets.MaskedViT)")
     width: int = Field(32, gt=0, description="small_cnn base width")
     small_input: bool | None = Field(None, description="ResNet 3x3 stem without max-pool; null: image_size <= 64")
-    sync_bn: bool = True
+    sync_bn: bool = Field(True, description="SyncBatchNorm across processes (DDP on CUDA): batch statistics of the "
+                          "global batch")
     vit: ViTConfig = Field(default_factory=ViTConfig, description="ViT options (timm:vit_* backbones only)")
 
     @field_validator("backbone")
@@ -113,36 +115,40 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
-    name: Literal["sgd", "adamw", "lars"] = "lars"
+    name: Literal["sgd", "adamw", "lars"] = Field("lars", description="optimizer: sgd, adamw or lars (LARS, "
+                                                  "You et al. 2017; biases and norms excluded from adaptation)")
     lr: float = Field(0.3, gt=0, description="base learning rate, per 256 images (see lr_scaling)")
-    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    lr_scaling: Literal["linear", "sqrt", "none"] = Field("linear", description="peak lr = lr x batch / "
+                                                          "reference (linear), x sqrt(batch / reference), or lr (none)")
     lr_reference_batch: int | None = Field(None, gt=0, description="the batch at which lr is the base lr (null: 256 "
                                            "for linear, 1 for sqrt; SimMIM 512, DINOv2 sqrt w.r.t. 1024)")
-    weight_decay: float = Field(1e-6, ge=0)
+    weight_decay: float = Field(1e-6, ge=0, description="weight decay (the start of the cosine schedule when "
+                                "weight_decay_end is set)")
     weight_decay_end: float | None = Field(None, ge=0, description="cosine weight-decay schedule end (DINO)")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD and LARS momentum")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     eta: float = Field(0.001, gt=0, description="LARS trust coefficient (1e-3 in SimCLR, BYOL, Barlow Twins, "
                        "SwAV, VICReg, MoCo v3)")
-    warmup_epochs: float = Field(10, ge=0)
+    warmup_epochs: float = Field(10, ge=0, description="linear lr warm-up from 0, in epochs; then a cosine decay")
     final_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of the peak lr")
-    clip_grad: float | None = Field(None, gt=0)
+    clip_grad: float | None = Field(None, gt=0, description="clip the gradients' total norm to this (null: off)")
     layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay in pretraining (DINOv2 0.9): "
                                       "block i of L trains at decay^(L + 1 - i) x lr; ViT and ResNet backbones")
     patch_embed_lr_mult: float = Field(1.0, gt=0, description="lr multiplier of the ViT patch embedding (DINOv2 0.2)")
 
 
 class TrainConfig(Section):
-    epochs: int = Field(100, gt=0)
-    seed: int = Field(0, ge=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    epochs: int = Field(100, gt=0, description="training epochs (passes over the training split)")
+    seed: int = Field(0, ge=0, description="seed of every random draw: weights, batches, views, masks")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype of the forward pass")
     device: str = Field("auto", description="auto (CUDA if visible), cpu, cuda (under torchrun: cuda:LOCAL_RANK) or "
                         "cuda:N")
-    out_dir: str = "runs"
-    run_name: str | None = None
-    online_probe: bool = True
-    probe_lr: float = Field(1e-3, gt=0)
-    channels_last: bool = False
+    out_dir: str = Field("runs", description="where run directories are made (without --out)")
+    run_name: str | None = Field(None, description="run directory name under out_dir (null: <method>-<date>-<time>)")
+    online_probe: bool = Field(True, description="train a linear probe on detached features during pretraining "
+                               "(labelled data; its accuracy is logged each epoch)")
+    probe_lr: float = Field(1e-3, gt=0, description="Adam lr of the online probe")
+    channels_last: bool = Field(False, description="channels-last memory layout for the model and the views")
     accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step (data.batch_size stays the "
                             "effective batch): plain gradient accumulation, or exact gradient caching for "
                             "contrastive and covariance losses; methods that can do neither refuse it")
@@ -171,17 +177,21 @@ class EvalConfig(Section):
         None, description="backbone to evaluate and export: student (online/query network) or teacher (EMA); "
         "null: the paper's choice (teacher for DINO, student otherwise)")
     protocols: list[Literal[EVAL_PROTOCOLS]] = Field(
-        default_factory=lambda: ["knn", "linear", "rankme", "alpha_req", "spectrum_auc", "rank", "lidar"])
+        default_factory=lambda: ["knn", "linear", "rankme", "alpha_req", "spectrum_auc", "rank", "lidar"],
+        description=f"what `selfsup eval` runs: {', '.join(EVAL_PROTOCOLS)}")
     lidar_views: int = Field(8, ge=2, description="augmented views per image for LiDAR")
-    lidar_samples: int = Field(500, gt=0)
-    finetune_epochs: int = Field(20, gt=0)
-    finetune_lr: float = Field(1e-2, gt=0)
-    finetune_layer_decay: float | None = Field(0.75, gt=0, le=1)
-    finetune_label_smoothing: float = Field(0.1, ge=0, lt=1)
-    finetune_mixup_alpha: float = Field(0.0, ge=0)
-    image_probe_epochs: int = Field(20, gt=0)
-    knn_k: list[int] = Field(default_factory=lambda: [20, 200])
-    knn_temperature: float = Field(0.07, gt=0)
+    lidar_samples: int = Field(500, gt=0, description="images LiDAR is measured on")
+    finetune_epochs: int = Field(20, gt=0, description="epochs of end-to-end fine-tuning (protocol finetune)")
+    finetune_lr: float = Field(1e-2, gt=0, description="fine-tuning peak lr")
+    finetune_layer_decay: float | None = Field(0.75, gt=0, le=1, description="fine-tuning layer-wise lr decay "
+                                               "(null: off)")
+    finetune_label_smoothing: float = Field(0.1, ge=0, lt=1, description="fine-tuning label smoothing")
+    finetune_mixup_alpha: float = Field(0.0, ge=0, description="fine-tuning mixup alpha (0: off)")
+    image_probe_epochs: int = Field(20, gt=0, description="epochs of the linear probe on augmented images "
+                                    "(protocol image_linear)")
+    knn_k: list[int] = Field(default_factory=lambda: [20, 200], description="neighbours of the weighted kNN "
+                             "classifier (Wu et al. 2018), one result each")
+    knn_temperature: float = Field(0.07, gt=0, description="kNN vote temperature")
     features: list[str] | None = Field(None, description="frozen ViT readouts: pool, cls, avg, cls_avg, last4_cls, "
                                        "last4_cls_avg; the first feeds every protocol, the rest a linear probe each. "
                                        "null: the method's (MAE cls, I-JEPA avg, DINOv2 its last-4 grid)")
@@ -191,19 +201,19 @@ class EvalConfig(Section):
                                                                      "(null: the method's; MAE lars, else sgd)")
     linear_batchnorm: bool | None = Field(None, description="BatchNorm without affine before the linear probe "
                                           "(null: the method's; MAE true)")
-    linear_epochs: int = Field(100, gt=0)
+    linear_epochs: int = Field(100, gt=0, description="epochs of the linear probe on frozen features")
     linear_lrs: list[float] | None = Field(None, description="linear probe lr grid (null: the method's, else "
                                            "0.01, 0.03, 0.1, 0.3, 1.0)")
     linear_wds: list[float] | None = Field(None, description="linear probe weight-decay grid (null: the method's, "
                                            "else 0, 1e-5, 1e-4)")
-    batch_size: int = Field(256, gt=0)
+    batch_size: int = Field(256, gt=0, description="batch of the linear probes")
 
 
 MethodUnion = Annotated[Union[tuple(cls.Config for cls in METHODS.values())], Field(discriminator="name")]
 
 
 class Recipe(Section):
-    description: str = ""
+    description: str = Field("", description="what the recipe is, where its values come from")
     method: MethodUnion
     data: DataConfig = Field(default_factory=DataConfig)
     views: ViewsConfig = Field(default_factory=ViewsConfig)
