@@ -21,6 +21,7 @@ from selfsup.methods.base import accumulation_problem
 from selfsup.nets.backbones import check_backbone_name, is_vit_name
 from selfsup.nets.vit import VIT_FEATURES
 from selfsup.schema import Section
+from selfsup.train.loggers import LOGGER_NAMES, default_loggers
 from selfsup.views import VIEW_KINDS
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
@@ -53,7 +54,8 @@ class DataConfig(Section):
         "or auto (class folders unless the top level holds loose images only)")
     test_path: str | None = Field(None, description="a separate test/val split for image files (e.g. val.csv)")
     num_workers: int | Literal["auto"] = Field("auto", description="streaming loader processes (0: decode in the "
-                                               "main process); auto: the CPUs available, at most 8 per process")
+                                               "main process); auto: this process's share of the CPUs "
+                                               "(SLURM_CPUS_PER_TASK or the affinity mask) less one, at most 8")
     prefetch: int = Field(2, gt=0, description="streaming batches in flight per worker (memory: workers x prefetch "
                           "x batch)")
     index_dir: str | None = Field(None, description="where image indexes are cached (null: $SELFSUP_CACHE_DIR/index "
@@ -140,7 +142,17 @@ class OptimConfig(Section):
 class TrainConfig(Section):
     epochs: int = Field(100, gt=0, description="training epochs (passes over the training split)")
     seed: int = Field(0, ge=0, description="seed of every random draw: weights, batches, views, masks")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype of the forward pass")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype; auto: bf16 on CUDA GPUs that support it, else fp32 (printed at start)")
+    float32_matmul_precision: Literal["auto", "highest", "high", "medium"] = Field(
+        "auto", description="torch.set_float32_matmul_precision; auto: high (TF32) on CUDA Ampere or later, else "
+        "highest")
+    loggers: list[Literal[LOGGER_NAMES]] = Field(
+        default_factory=default_loggers, description="jsonl (steps.jsonl), tensorboard (tb/), wandb (offline, "
+        "wandb/), mlflow (file store, mlruns/), all in the run directory; default: jsonl, plus tensorboard when "
+        "installed (selfsup[tb])")
+    preview_images: int = Field(8, ge=0, description="a new run writes views.png: each view of this many training "
+                                "images, drawn from its own generator (0: off)")
     device: str = Field("auto", description="auto (CUDA if visible), cpu, cuda (under torchrun: cuda:LOCAL_RANK) or "
                         "cuda:N")
     out_dir: str = Field("runs", description="where run directories are made (without --out)")

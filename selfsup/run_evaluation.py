@@ -4,7 +4,7 @@ thresholded rank, LiDAR), plus the online probe's test accuracy; optionally an H
 
 Features are computed in fp32 without augmentation. Without a labelled test split, a seeded,
 stratified 20% of the training set is held out. Without labels, only the label-free metrics run.
-Results go to ``eval.json`` and a table on stdout.
+Results go to ``eval.json``, a table on stdout and the run's loggers (``train.loggers``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from selfsup.rundir import chosen_encoder, encoder_parts, load_method, load_reci
 from selfsup.methods import METHODS
 from selfsup.nets import online_probe
 from selfsup.nets.vit import MaskedViT, vit_features
+from selfsup.train.loggers import LoggerError, check_loggers, open_loggers
 from selfsup.views import build_views
 
 
@@ -165,11 +166,32 @@ def evaluate_run(run_dir: str | Path, report: bool = False, data: DataSplits | N
     (run / "eval.json").write_text(json.dumps(
         {"epoch": meta["epoch"], "encoder": which, "note": note.strip(), "metrics": [m.__dict__ for m in metrics]},
         indent=2))
+    log_to_run_loggers(run, recipe, metrics, log)
     if report:
         html, md = write_run_report(run, method, metrics, feats, labels, device, projector=projector,
                                     data=data, meta=meta, seed=recipe.train.seed)
         log(f"report: {html} and {md}")
     return metrics
+
+
+def log_to_run_loggers(run: Path, recipe: Recipe, metrics: list[Metric], log=print) -> None:
+    """Send the evaluation (``eval/<metric>`` scalars and the table as text) to the run's
+    ``train.loggers`` at its last training step. A logger whose package is missing on this machine
+    is skipped with a warning: the evaluation itself is in ``eval.json`` either way."""
+    names = []
+    for name in recipe.train.loggers:
+        try:
+            check_loggers([name])
+            names.append(name)
+        except LoggerError as e:
+            log(f"warning: {e}; the evaluation is not logged there")
+    rows = read_metrics(run)
+    step = int(rows[-1]["step"]) if rows and "step" in rows[-1] else 0
+    loggers = open_loggers(names, run, config=None)
+    try:
+        loggers.log_eval(step, {m.name: m.value for m in metrics}, results_table(metrics))
+    finally:
+        loggers.close()
 
 
 def evaluate_weights(weights: str | Path, recipe: Recipe, protocols: list[str] | None = None,

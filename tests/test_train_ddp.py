@@ -14,6 +14,7 @@ One spawn runs every case on both ranks:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -148,6 +149,15 @@ def test_streamed_files_two_processes_give_the_one_process_loss_curve(two_proces
     assert [r["step"] for r in a] == [r["step"] for r in b] == [3, 6]
     for ra, rb in zip(a, b):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6), (ra["epoch"], ra["loss"], rb["loss"])
+
+
+def test_only_rank_0_logs(two_process_runs):
+    pytest.importorskip("tensorboard")
+    run = two_process_runs / "simclr"  # both ranks trained into this directory, with the default loggers
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+    steps = [json.loads(line)["step"] for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+    assert json.loads((run / "env.json").read_text())["world_size"] == 2
 
 
 def test_every_rank_holds_the_same_state_without_buffer_broadcast(two_process_runs):

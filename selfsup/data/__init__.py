@@ -7,7 +7,7 @@ from .errors import DataError, DataPathError, DataWarning
 from .formats import FORMATS, detect_format, load_data, load_data_section
 from .imagefolder import DEFAULT_IMAGEFOLDER_SIZE, IMAGE_EXTENSIONS, load_imagefolder
 from .loader import EpochSampler, Prefetcher, check_batch_size, sequential_batches
-from .stream import StreamLoader, StreamSplit, default_num_workers
+from .stream import StreamLoader, StreamSplit, auto_num_workers, default_num_workers
 from .npz import load_idx, load_npz, read_idx, save_npz
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "load_data_section",
     "StreamLoader",
     "StreamSplit",
+    "auto_num_workers",
     "default_num_workers",
     "load_digits_splits",
     "load_idx",

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,8 @@ from .errors import DataError
 from .index import ImageIndex
 from .readers import Reader
 
-__all__ = ["StreamSplit", "StreamLoader", "EVAL_CROP_RATIO", "VIEW_SEED_SALT", "default_num_workers"]
+__all__ = ["StreamSplit", "StreamLoader", "EVAL_CROP_RATIO", "VIEW_SEED_SALT", "default_num_workers",
+           "auto_num_workers"]
 
 #: the standard evaluation transform: resize the shorter side to size / 0.875 (256 for 224), centre crop
 EVAL_CROP_RATIO = 0.875
@@ -56,14 +58,31 @@ CPU_BLOCK_BYTES = 5 * 2**20
 
 
 def default_num_workers() -> int:
-    """Loader worker processes for ``data.num_workers=auto``: the CPUs this process may use, at most 8,
-    divided among the processes of this machine under torchrun."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(8, cpus // max(1, local)))
+    """Loader worker processes for ``data.num_workers=auto`` (see :func:`auto_num_workers`)."""
+    return auto_num_workers()[0]
+
+
+def auto_num_workers(environ: Mapping[str, str] | None = None, cap: int = 8) -> tuple[int, str]:
+    """``data.num_workers=auto`` and the reason, in words: this process's share of the CPUs, less one
+    for the main process, at most ``cap``. The CPUs are SLURM's ``SLURM_CPUS_PER_TASK`` inside a SLURM
+    job (shared by the processes of one task: torchrun inside one task splits them, srun's one task
+    per GPU does not), else ``os.sched_getaffinity`` (shared by the ``LOCAL_WORLD_SIZE`` processes of
+    this machine under torchrun)."""
+    env = os.environ if environ is None else environ
+    local = max(1, int(env.get("LOCAL_WORLD_SIZE", "1")))
+    if env.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        cpus, source = int(env["SLURM_CPUS_PER_TASK"]), "SLURM_CPUS_PER_TASK"
+        tasks = re.match(r"\d+", env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "1")
+        share = max(1, local // max(1, int(tasks.group()) if tasks else 1))
+    else:
+        try:
+            cpus, source = len(os.sched_getaffinity(0)), "CPUs in this process's affinity"
+        except AttributeError:  # not on Linux
+            cpus, source = os.cpu_count() or 1, "CPUs"
+        share = local
+    n = max(0, min(cap, cpus // share - 1))
+    per = f" / {share} processes" if share > 1 else ""
+    return n, f"{cpus} {source}{per} - 1 for the main process, at most {cap}"
 
 
 @dataclass

@@ -19,20 +19,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.config import Recipe
+from selfsup.config import Recipe, to_dict
 from selfsup.data import DataSplits, Prefetcher
 from selfsup.diagnostics import CollapseMonitor, rankme
 from selfsup.export import export_method, export_path
 from selfsup.methods import Method
 from selfsup.seeds import mix_seed
 from selfsup.train.accumulate import accumulated_backward
+from selfsup.train.environment import write_env_json
+from selfsup.train.loggers import open_loggers
 from selfsup.train.optim import set_lr_wd
+from selfsup.train.preview import write_view_preview
 from selfsup.train.resume import agree_run_dir, resume_from, save_checkpoint, start_run
 from selfsup.train.schedules import cosine, warmup_cosine
 from selfsup.train.session import EpochState, Session, build_method, make_run_dir, setup
 from selfsup.train.setup import Env, agree_finite, autocast, average_norm_buffers, broadcast_flag
 
-__all__ = ["train", "prepare_method", "train_one_epoch", "train_one_step", "step_masks", "optimize_step", "end_epoch",
+__all__ = ["train", "open_run_logs", "prepare_method", "train_one_epoch", "train_one_step", "step_masks", "optimize_step", "end_epoch",
            "build_method", "make_run_dir", "TIMING_KEYS"]
 
 #: the last part of the per-step mask seed ``mix_seed(seed, epoch, step, MASK_SEED_SALT)``
@@ -66,24 +69,44 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         log(f"{s.data.summary()} | {cfg.method.name} on {cfg.model.backbone} ({s.method.feat_dim}-d), "
             f"{epochs} epochs x {steps} steps, effective batch {cfg.data.batch_size}, peak lr {s.peak_lr:.4g}, "
             f"{cfg.train.precision} on {env.device} x{env.world_size}")
+    open_run_logs(s, global_step if resume else None)
     bar = _progress(cfg, env, epochs * steps, global_step)
     stop_step = min(x for x in (stop_after_step, stop_after_epoch and stop_after_epoch * steps, epochs * steps) if x)
 
-    while global_step < stop_step:
-        epoch = global_step // steps
-        if epoch_state is None:  # a new epoch: its seeds, then the method's per-epoch work
-            torch.manual_seed(mix_seed(cfg.train.seed, epoch, env.rank))
-            epoch_state = EpochState(epoch, torch.Generator().manual_seed(mix_seed(cfg.train.seed, epoch)))
-            epoch_state.logs = s.method.before_epoch(epoch)  # e.g. DeepCluster-v2's k-means
-        global_step = train_one_epoch(s, epoch_state, global_step, stop_step, bar)
-        if global_step % steps == 0:
-            end_epoch(s, epoch_state, global_step)
-            epoch_state = None
-        else:  # stopped mid-epoch
-            save_checkpoint(s, global_step, epoch_state)
-    if bar is not None:
-        bar.close()
+    try:
+        while global_step < stop_step:
+            epoch = global_step // steps
+            if epoch_state is None:  # a new epoch: its seeds, then the method's per-epoch work
+                torch.manual_seed(mix_seed(cfg.train.seed, epoch, env.rank))
+                epoch_state = EpochState(epoch, torch.Generator().manual_seed(mix_seed(cfg.train.seed, epoch)))
+                epoch_state.logs = s.method.before_epoch(epoch)  # e.g. DeepCluster-v2's k-means
+            global_step = train_one_epoch(s, epoch_state, global_step, stop_step, bar)
+            if global_step % steps == 0:
+                end_epoch(s, epoch_state, global_step)
+                epoch_state = None
+            else:  # stopped mid-epoch
+                save_checkpoint(s, global_step, epoch_state)
+    except BaseException:
+        s.loggers.close(failed=True)  # flushed and closed on errors and Ctrl-C too
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    s.loggers.close()
     return s.run
+
+
+def open_run_logs(s: Session, resume_step: int | None) -> None:
+    """Rank 0: write ``env.json``, open ``train.loggers`` (a resumed run's continue at ``resume_step``)
+    and, for a new run, write ``views.png`` (``train.preview_images``), logged as the image ``views``."""
+    if not s.env.is_main:
+        return
+    write_env_json(s.run, s.env.world_size, s.env.device, resume_step)
+    s.loggers = open_loggers(s.cfg.train.loggers, s.run, resume_step, to_dict(s.cfg))
+    if resume_step is None and s.cfg.train.preview_images:
+        grid = write_view_preview(s.data.train, s.views_fn, s.run / "views.png", s.cfg.train.preview_images,
+                                  s.cfg.train.seed, s.env.device)
+        s.loggers.log_image("views", grid, 0)
 
 
 def prepare_method(s: Session, batch: int = 256) -> None:
@@ -136,9 +159,10 @@ def train_one_epoch(s: Session, e: EpochState, global_step: int, stop_step: int,
         t2 = time.perf_counter()
         e.times = [e.times[0] + t1 - t0, e.times[1] + t_aug, e.times[2] + t2 - t1 - t_aug]
         global_step += 1
+        s.loggers.log_step(global_step, {"loss": values["loss"], "lr": e.last["lr"]})
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(epoch=e.epoch + 1, loss=f"{values['loss']:.4f}")
+            bar.set_postfix(epoch=e.epoch + 1, loss=f"{values['loss']:.4f}", data_wait=_data_wait(e.times))
         if s.stream is not None:
             e.replaced += s.stream.take_problems()
         if step + 1 < steps and _checkpoint_due(cfg, env, global_step, last_save):
@@ -262,6 +286,7 @@ def end_epoch(s: Session, e: EpochState, global_step: int) -> None:
         s.metrics.append(row)
         with open(s.run / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        s.loggers.log_epoch(global_step, row)
     save_checkpoint(s, global_step, None)
     if cfg.train.export_every_epoch and env.is_main:  # lightly-train's per-epoch export: stop whenever it is good
         export_method(s.method, cfg, s.meta, export_path(s.run, cfg.train.export_every_epoch),
@@ -317,9 +342,17 @@ def _progress_shown(cfg: Recipe, env: Env) -> bool:
     return bool(show and env.is_main)
 
 
+def _data_wait(times: list[float]) -> str:
+    """The share of this epoch's step time spent waiting for data (of data, augmentation, model)."""
+    return f"{100 * times[0] / max(sum(times), 1e-12):.0f}%"
+
+
 def _progress(cfg: Recipe, env: Env, total: int, initial: int):
+    """tqdm bar: steps done, elapsed, ETA, steps/s, then epoch, loss and data_wait %."""
     if not _progress_shown(cfg, env):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc=cfg.method.name)
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc=cfg.method.name,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}, ETA {remaining}, "
+                           "{rate_fmt}{postfix}]")

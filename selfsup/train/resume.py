@@ -17,6 +17,7 @@ interrupted run and an uninterrupted one give bit-identical weights and metrics 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +32,28 @@ from selfsup.train.setup import Env
 
 #: the files a run directory holds (``--overwrite`` removes these and nothing else)
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "eval.json", "report.html", "report.md",
-             "backbone.pt")
+             "backbone.pt", "steps.jsonl", "env.json", "views.png", "wandb_id")
+#: the folders the loggers write (``--overwrite`` removes them too)
+RUN_DIRS = ("tb", "wandb", "mlruns")
 
 #: config keys that may differ on resume: they change neither the model nor the schedule
 RESUME_SAFE = ("eval.", "train.progress_bar", "train.checkpoint_every_minutes", "train.checkpoint_every_steps",
                "train.device", "train.out_dir", "train.run_name", "data.path", "data.num_workers",
-               "data.prefetch", "data.index_dir")
+               "data.prefetch", "data.index_dir", "train.loggers", "train.preview_images")
 
 
 def claim_run_dir(run: Path, overwrite: bool) -> None:
     """Refuse to start a new run in a directory that already holds one, unless ``overwrite`` (then
     remove that run's files and nothing else)."""
-    existing = [name for name in RUN_FILES if (run / name).exists()]
+    existing = [name for name in RUN_FILES + RUN_DIRS if (run / name).exists()]
     if existing and not overwrite:
         raise ConfigError(f"run directory '{run}' already holds a run ({', '.join(existing)}); use --resume {run} "
                           f"to continue it, or --overwrite to start over")
     for name in existing:
-        (run / name).unlink()
+        if name in RUN_DIRS:
+            shutil.rmtree(run / name)
+        else:
+            (run / name).unlink()
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from selfsup.config import ConfigError, Recipe
-from selfsup.data import (DataSplits, EpochSampler, StreamLoader, StreamSplit, check_batch_size, default_num_workers,
+from selfsup.data import (DataSplits, EpochSampler, StreamLoader, StreamSplit, check_batch_size, auto_num_workers,
                           load_data_section)
 from selfsup.diagnostics import CollapseMonitor
 from selfsup.methods import METHODS, Method
@@ -25,7 +25,8 @@ from selfsup.nets.layer_decay import apply_layer_decay
 from selfsup.seeds import mix_seed
 from selfsup.train.optim import build_optimizer
 from selfsup.train.schedules import scaled_lr
-from selfsup.train.setup import Env, autocast, seed_all, setup_env
+from selfsup.train.loggers import LoggerError, RunLoggers, check_loggers
+from selfsup.train.setup import Env, autocast, resolve_auto_settings, seed_all, setup_env
 from selfsup.views import build_views, default_mean_std
 
 
@@ -72,6 +73,7 @@ class Session:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # the rows written so far
     monitor: CollapseMonitor | None = None
     log: Callable = print
+    loggers: RunLoggers = field(default_factory=RunLoggers)  # opened on rank 0 by train(); empty elsewhere
 
     @property
     def steps(self) -> int:
@@ -111,8 +113,13 @@ class EpochState:
 def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, method: Method | None,
           log: Callable) -> Session:
     """Process, data, views, model, optimizer, online probe, sampler: everything before step 0."""
-    cfg, env = recipe, setup_env(recipe.train.device)
+    env = setup_env(recipe.train.device)
+    cfg = resolve_auto_settings(recipe, env.device, log if env.is_main else None)  # precision, matmul precision
     autocast(cfg.train.precision, env.device)  # fails now, not after loading data, if impossible here
+    try:
+        check_loggers(cfg.train.loggers)
+    except LoggerError as e:
+        raise ConfigError(str(e)) from None
     seed_all(mix_seed(cfg.train.seed, env.rank))
 
     data = data or load_data_section(cfg.data)
@@ -156,7 +163,11 @@ def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, m
                            cfg.train.seed)
     stream = None
     if streamed:
-        workers = default_num_workers() if cfg.data.num_workers == "auto" else cfg.data.num_workers
+        workers = cfg.data.num_workers
+        if workers == "auto":
+            workers, why = auto_num_workers()
+            if env.is_main:
+                log(f"data.num_workers: auto -> {workers} ({why})")
         stream = StreamLoader(train_set, views_fn, sampler, cfg.train.seed, workers, cfg.data.prefetch, env.device,
                               env.rank, env.world_size)
         if env.is_main:

@@ -7,11 +7,15 @@ import math
 import os
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from selfsup.config import Recipe
 
 
 class TrainingError(RuntimeError):
@@ -64,8 +68,47 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def auto_precision(device: torch.device) -> tuple[str, str]:
+    """``train.precision=auto`` on ``device`` and the reason: bf16 on a CUDA GPU that supports it,
+    else fp32 (on CPUs bf16 autocast is emulated unless they have AVX512-BF16 or AMX, several times
+    slower; fp16 needs loss scaling and overflows more easily, so it is never chosen for you)."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"{torch.cuda.get_device_name(device)} supports bf16"
+        return "fp32", f"{torch.cuda.get_device_name(device)} has no bf16 (train.precision=fp16 is the option there)"
+    return "fp32", f"{device.type}: bf16 autocast is emulated on most CPUs, several times slower than fp32"
+
+
+def auto_matmul_precision(device: torch.device) -> tuple[str, str]:
+    """``train.float32_matmul_precision=auto`` and the reason: 'high' (TF32 tensor cores for fp32
+    matmuls) on CUDA GPUs of compute capability >= 8.0 (Ampere and later), else 'highest'."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+        return "high", f"{torch.cuda.get_device_name(device)} (Ampere or later) has TF32 tensor cores"
+    return "highest", "no Ampere-or-later CUDA GPU: full fp32 matmuls"
+
+
+def resolve_auto_settings(recipe: Recipe, device: torch.device, log: Callable | None = None) -> Recipe:
+    """A copy of ``recipe`` with ``train.precision`` and ``train.float32_matmul_precision`` ``auto``
+    replaced by the choice for ``device`` (each choice logged in one line), and the matmul precision
+    applied (``torch.set_float32_matmul_precision``). The resolved values go to ``config.yaml`` and the
+    checkpoint, so a resume on a device that would choose differently is refused rather than changed."""
+    out = recipe.model_copy(deep=True)
+    t = out.train
+    for key, choose in (("precision", auto_precision), ("float32_matmul_precision", auto_matmul_precision)):
+        if getattr(t, key) == "auto":
+            value, why = choose(device)
+            setattr(t, key, value)
+            if log is not None:
+                log(f"train.{key}: auto -> {value} ({why})")
+    torch.set_float32_matmul_precision(t.float32_matmul_precision)
+    return out
+
+
 def autocast(precision: str, device: torch.device):
-    """Mixed-precision context: bf16 autocast (CPU or CUDA), fp16 (CUDA only), or none."""
+    """Mixed-precision context: bf16 autocast (CPU or CUDA), fp16 (CUDA only), or none; ``auto``
+    is :func:`auto_precision`'s choice for ``device``."""
+    if precision == "auto":
+        precision = auto_precision(device)[0]
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
