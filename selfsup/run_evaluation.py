@@ -239,7 +239,8 @@ def write_run_report(run: Path, method: nn.Module, metrics: list[Metric], feats:
         with torch.no_grad():
             named["projector"] = projector.eval()(feats.to(device)).float().cpu()
     figures = {"singular-value spectrum": plot_spectrum(named, figures_dir / "spectrum.png"),
-               "t-SNE of backbone features": plot_embedding_2d(feats, labels, figures_dir / "tsne.png")}
+               "t-SNE of backbone features": plot_embedding_2d(feats, labels, figures_dir / "tsne.png",
+                                                               class_names=data.classes if data is not None else None)}
     if callable(getattr(method, "reconstruction", None)) and data is not None and meta is not None:
         figures.update(_reconstruction_figure(method, data, meta, device, seed, figures_dir))
     config = yaml.safe_load((run / "config.yaml").read_text())

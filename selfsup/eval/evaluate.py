@@ -76,7 +76,8 @@ def evaluate(
 
 def _knn(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, seed: int, kw: dict) -> list[Metric]:
     res = knn_classify(train_f, train_y, test_f, test_y, **kw)
-    return metrics_from_knn(res, kw.get("metric", "cosine"), kw.get("vote", "weighted"))
+    classes = kw.get("num_classes") or int(max(train_y.max(), test_y.max())) + 1
+    return metrics_from_knn(res, kw.get("metric", "cosine"), kw.get("vote", "weighted"), classes)
 
 
 def _linear(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, seed: int, kw: dict) -> list[Metric]:

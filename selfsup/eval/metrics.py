@@ -5,6 +5,7 @@ optimizer, ...), as the cookbook stresses that these protocols are not interchan
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,13 +39,16 @@ def format_value(value: float) -> str:
 
 
 def metrics_from_knn(
-    result: Mapping[tuple[int, float | None], Mapping[str, Any]], metric: str = "cosine", vote: str = "weighted"
+    result: Mapping[tuple[int, float | None], Mapping[str, Any]], metric: str = "cosine", vote: str = "weighted",
+    num_classes: int | None = None,
 ) -> list[Metric]:
-    """Top-1 / top-5 of every (k, T) in a :func:`knn_classify` result."""
+    """Top-1 / top-5 of every (k, T) in a :func:`knn_classify` result; top-5 is left out with fewer than 6
+    classes (``num_classes``), where it says nothing (5 guesses of 5 classes or less always hit)."""
     out = []
+    keys = (("top1", "top-1"),) if num_classes is not None and num_classes < 6 else (("top1", "top-1"), ("top5", "top-5"))
     for (k, t), entry in result.items():
         proto = knn_protocol(k, t, metric, vote)
-        for key, label in (("top1", "top-1"), ("top5", "top-5")):
+        for key, label in keys:
             if key in entry:
                 out.append(Metric(f"kNN k={k}{'' if t is None else f' T={t:g}'} {label}", float(entry[key]), proto))
     return out
@@ -64,11 +68,21 @@ def metrics_from_dict(values: Mapping[str, float], protocol: str, prefix: str = 
     return [Metric(f"{prefix}{k}", float(v), protocol) for k, v in values.items()]
 
 
-def results_table(metrics: Sequence[Metric]) -> str:
-    """Aligned plain-text table ``metric | value | protocol`` for the terminal."""
+def results_table(metrics: Sequence[Metric], width: int = 100) -> str:
+    """Aligned plain-text table ``metric | value | protocol`` for the terminal, at most ``width`` columns:
+    long protocols (and names) wrap onto indented continuation lines."""
     rows = [("metric", "value", "protocol")] + [(m.name, m.formatted, m.protocol) for m in metrics]
-    w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
-    lines = [f"{r[0]:<{w0}}  {r[1]:>{w1}}  {r[2]}" for r in rows]
-    lines.insert(1, "-" * max(len(line) for line in lines))
+    w0 = min(max(len(r[0]) for r in rows), max(12, (width - w1 - 4) // 2))
+    room = max(20, width - w0 - w1 - 4)
+    lines = []
+    for name, value, protocol in rows:
+        names = textwrap.wrap(name, w0) or [""]
+        protos = textwrap.wrap(protocol, room, break_long_words=True) or [""]
+        for i in range(max(len(names), len(protos))):
+            left = names[i] if i < len(names) else ""
+            mid = value if i == 0 else ""
+            right = protos[i] if i < len(protos) else ""
+            lines.append(f"{left:<{w0}}  {mid:>{w1}}  {right}".rstrip())
+    lines.insert(1, "-" * min(width, max(len(line) for line in lines)))
     return "\n".join(lines)

@@ -66,8 +66,12 @@ def plot_embedding_2d(
     method: str = "tsne",
     max_points: int = 2000,
     seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    max_legend: int = 40,
 ) -> Path:
-    """Scatter of a 2-D t-SNE (scikit-learn) or UMAP embedding of ``z`` on a seeded subsample."""
+    """Scatter of a 2-D t-SNE (scikit-learn) or UMAP embedding of ``z`` on a seeded subsample, coloured by
+    label, with a legend of ``class_names`` (else the label indices) when there are at most
+    ``max_legend`` classes."""
     z = check_features(z, "z")
     if labels is not None:
         labels = check_labels(labels, z.shape[0], "labels")
@@ -90,11 +94,26 @@ def plot_embedding_2d(
         import umap
 
         xy = umap.UMAP(n_components=2, random_state=seed).fit_transform(x)
-    fig = _figure(5, 5)
+    title = f"{method.upper()} of {len(idx)} embeddings"
+    classes = [] if labels is None else sorted(set(labels[idx].tolist()))
+    legend = 0 < len(classes) <= max_legend
+    fig = _figure(6.5 if legend else 5, 5)
     ax = fig.add_subplot()
-    colors = None if labels is None else labels[idx].cpu().numpy()
-    ax.scatter(xy[:, 0], xy[:, 1], c=colors, s=4, cmap="tab20" if colors is not None else None)
-    ax.set_title(f"{method.upper()} of {len(idx)} embeddings")
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=4)
+    else:
+        from matplotlib import colormaps
+
+        y, cmap = labels[idx].cpu().numpy(), colormaps["tab20"]
+        for c in classes:
+            name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
+            ax.scatter(xy[y == c, 0], xy[y == c, 1], s=4, color=cmap(c % 20), label=name)
+        if legend:
+            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", markerscale=3, frameon=False,
+                      ncols=1 if len(classes) <= 20 else 2)
+        else:
+            title += f" ({len(classes)} classes: no legend)"
+    ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
     return _save(fig, path)
