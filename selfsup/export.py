@@ -34,8 +34,8 @@ from selfsup.nets.backbones import RESNETS, SmallCNN
 from selfsup.nets.vit import MaskedViT
 from selfsup.train.checkpoint import save_atomic, write_atomic, write_text_atomic
 
-__all__ = ["EXPORT_FORMATS", "ExportError", "export_module", "export_method", "export_path", "read_export",
-           "export_meta"]
+__all__ = ["EXPORT_FORMATS", "ExportError", "export_module", "export_method", "export_epoch", "export_path",
+           "read_export", "export_meta", "load_weights", "how_to_load", "export_summary"]
 
 EXPORT_FORMATS = ("state_dict", "torchvision", "timm", "safetensors")
 _DROP = ("mask_token",)  # pretraining-only parameters
@@ -206,6 +206,21 @@ def export_method(method: nn.Module, recipe, meta: dict[str, Any], out: str | Pa
     return export_module(backbone, out, fmt, name=recipe.model.backbone, channels=meta["channels"],
                          image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
                          vit=recipe.model.vit.kwargs(), extra=info)
+
+
+def export_epoch(method: nn.Module, recipe, meta: dict[str, Any], run_dir: str | Path, epoch: int) -> Path:
+    """``train.export_every_epoch``: write the export of a run's method at the end of ``epoch`` to
+    :func:`export_path` (rank 0, after the checkpoint). With sharded weights (FSDP2 ``DTensor``s) the
+    export is made from the whole weights the checkpoint just written holds."""
+    from torch.distributed.tensor import DTensor
+
+    fmt, out = recipe.train.export_every_epoch, export_path(run_dir, recipe.train.export_every_epoch)
+    if any(isinstance(v, DTensor) for v in method.state_dict().values()):
+        from selfsup.rundir import export_backbone
+
+        return export_backbone(run_dir, out, fmt=fmt)[0]
+    export_method(method, recipe, meta, out, fmt, extra={"run": str(run_dir), "epoch": epoch})
+    return out
 
 
 def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

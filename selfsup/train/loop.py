@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from selfsup.config import Recipe, to_dict
 from selfsup.data import DataSplits, Prefetcher
 from selfsup.diagnostics import CollapseMonitor, rankme
-from selfsup.export import export_method, export_path
+from selfsup.export import export_epoch
 from selfsup.methods import Method
 from selfsup.seeds import mix_seed
 from selfsup.train.accumulate import accumulated_backward
@@ -289,8 +289,7 @@ def end_epoch(s: Session, e: EpochState, global_step: int) -> None:
         s.loggers.log_epoch(global_step, row)
     save_checkpoint(s, global_step, None)
     if cfg.train.export_every_epoch and env.is_main:  # lightly-train's per-epoch export: stop whenever it is good
-        export_method(s.method, cfg, s.meta, export_path(s.run, cfg.train.export_every_epoch),
-                      cfg.train.export_every_epoch, extra={"run": str(s.run), "epoch": e.epoch + 1})
+        export_epoch(s.method, cfg, s.meta, s.run, e.epoch + 1)
     if env.is_main and not _progress_shown(cfg, env):
         s.log(_row_text(row))
 

@@ -32,7 +32,8 @@ from selfsup.train.setup import Env
 
 #: the files a run directory holds (``--overwrite`` removes these and nothing else)
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "eval.json", "report.html", "report.md",
-             "backbone.pt", "steps.jsonl", "env.json", "views.png", "wandb_id")
+             "backbone.pt", "backbone.json", "backbone.safetensors", "steps.jsonl", "env.json", "views.png",
+             "wandb_id")
 #: the folders the loggers write (``--overwrite`` removes them too)
 RUN_DIRS = ("tb", "wandb", "mlruns")
 
@@ -40,6 +41,7 @@ RUN_DIRS = ("tb", "wandb", "mlruns")
 RESUME_SAFE = ("eval.", "train.progress_bar", "train.checkpoint_every_minutes", "train.checkpoint_every_steps",
                "train.device", "train.out_dir", "train.run_name", "data.path", "data.num_workers",
                "data.prefetch", "data.index_dir", "train.loggers", "train.preview_images")
+RESUME_SAFE += ("train.export_every_epoch",)  # what is exported each epoch, not how the model trains
 
 
 def claim_run_dir(run: Path, overwrite: bool) -> None:
