@@ -162,7 +162,7 @@ def train_one_epoch(s: Session, e: EpochState, global_step: int, stop_step: int,
         s.loggers.log_step(global_step, {"loss": values["loss"], "lr": e.last["lr"]})
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(epoch=e.epoch + 1, loss=f"{values['loss']:.4f}", data_wait=_data_wait(e.times))
+            bar.set_postfix({"epoch": e.epoch + 1, "loss": f"{values['loss']:.4f}", "data_wait": _data_wait(e.times)})
         if s.stream is not None:
             e.replaced += s.stream.take_problems()
         if step + 1 < steps and _checkpoint_due(cfg, env, global_step, last_save):
