@@ -3,7 +3,8 @@
 ``train`` builds everything (:func:`setup`), starts or resumes, then runs :func:`train_one_epoch`
 per epoch; one step is :func:`train_one_step`. Schedules are computed in plain sight from
 ``progress`` (the fraction of training done); the method's own updates (teacher EMA, queues) are
-explicit calls, not hooks. Checkpoints (every epoch and mid-epoch) resume exactly: see
+explicit calls, not hooks, and so is logging (``s.loggers.log_step`` / ``log_epoch``, see
+:mod:`selfsup.train.loggers`). Checkpoints (every epoch and mid-epoch) resume exactly: see
 :mod:`selfsup.train.resume`.
 """
 
@@ -69,11 +70,12 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         log(f"{s.data.summary()} | {cfg.method.name} on {cfg.model.backbone} ({s.method.feat_dim}-d), "
             f"{epochs} epochs x {steps} steps, effective batch {cfg.data.batch_size}, peak lr {s.peak_lr:.4g}, "
             f"{cfg.train.precision} on {env.device} x{env.world_size}")
-    open_run_logs(s, global_step if resume else None)
-    bar = _progress(cfg, env, epochs * steps, global_step)
     stop_step = min(x for x in (stop_after_step, stop_after_epoch and stop_after_epoch * steps, epochs * steps) if x)
 
+    bar = None
     try:
+        open_run_logs(s, global_step if resume else None)  # env.json, train.loggers, views.png
+        bar = _progress(cfg, env, epochs * steps, global_step)
         while global_step < stop_step:
             epoch = global_step // steps
             if epoch_state is None:  # a new epoch: its seeds, then the method's per-epoch work
