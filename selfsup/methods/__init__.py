@@ -28,6 +28,15 @@ from selfsup.methods.mae import MAE, MAEConfig
 from selfsup.methods.simmim import SimMIM, SimMIMConfig
 from selfsup.methods.msn import MSN, PMSN, MSNConfig, PMSNConfig
 from selfsup.methods.beit import BEiT, BEiTConfig
+from selfsup.methods.tico import TiCo, TiCoConfig
+from selfsup.methods.mmcr import MMCR, MMCRConfig
+from selfsup.methods.vibcreg import VIbCReg, VIbCRegConfig
+from selfsup.methods.frossl import FroSSL, FroSSLConfig
+from selfsup.methods.lejepa import LeJEPA, LeJEPAConfig
+from selfsup.methods.emp_ssl import EMPSSL, EMPSSLConfig
+from selfsup.methods.directclr import DirectCLR, DirectCLRConfig
+from selfsup.methods.align_uniform import AlignUniform, AlignUniformConfig
+from selfsup.methods.macl import MACL, MACLConfig
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -59,6 +68,15 @@ METHODS: dict[str, type[Method]] = {
     "msn": MSN,
     "pmsn": PMSN,
     "beit": BEiT,
+    "tico": TiCo,
+    "mmcr": MMCR,
+    "vibcreg": VIbCReg,
+    "frossl": FroSSL,
+    "lejepa": LeJEPA,
+    "emp_ssl": EMPSSL,
+    "directclr": DirectCLR,
+    "align_uniform": AlignUniform,
+    "macl": MACL,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig", "encode_views", "n_global_views", "SimCLR", "SimCLRConfig", "BYOL", "BYOLConfig",
@@ -73,3 +91,6 @@ __all__ += ["MAE", "MAEConfig", "SimMIM", "SimMIMConfig"]
 __all__ += ["IJEPA", "IJEPAConfig", "Data2Vec2", "Data2Vec2Config"]
 __all__ += ["MSN", "MSNConfig", "PMSN", "PMSNConfig", "BEiT", "BEiTConfig"]
 __all__ += ["IBOT", "IBOTConfig", "DINOv2", "DINOv2Config"]
+__all__ += ["TiCo", "TiCoConfig", "MMCR", "MMCRConfig", "VIbCReg", "VIbCRegConfig", "FroSSL", "FroSSLConfig",
+            "LeJEPA", "LeJEPAConfig", "EMPSSL", "EMPSSLConfig", "DirectCLR", "DirectCLRConfig", "AlignUniform",
+            "AlignUniformConfig", "MACL", "MACLConfig"]
