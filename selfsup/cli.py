@@ -17,7 +17,8 @@ sections: method, data, views, model, optim, train, eval (see README)"""
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised learning, the cookbook runnable.")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{train,eval,export,embed,prepare,tokenizer,recipes}")
+    sub = p.add_subparsers(dest="cmd", required=True,
+                           metavar="{train,eval,export,embed,prepare,tokenizer,recipes,launch}")
 
     t = sub.add_parser("train", help="pretrain a recipe, then evaluate it", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -118,6 +119,27 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("action", nargs="?", choices=["show"], help="show: print one recipe in full")
     rc.add_argument("name", nargs="?", help="recipe name or YAML path (with show)")
     rc.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.3")
+
+    la = sub.add_parser("launch", help="submit selfsup train to SLURM (submitit); requeued and resumed on preemption",
+                        epilog="example:\n  selfsup launch --slurm --nodes 2 --gpus-per-node 8 --partition gpu --time 1440 "
+                               "-- train --recipe dino --data /data/imagenet --out runs/dino",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Submit the train command after `--` as one SLURM job (one task per node running "
+                                    "torchrun with the c10d rendezvous); on preemption or timeout it is requeued and "
+                                    "resumes from the run's last checkpoint. The train command needs --out RUN.")
+    la.add_argument("--slurm", action="store_true", help="submit to SLURM (the only launcher)")
+    la.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    la.add_argument("--gpus-per-node", type=int, default=1, help="GPUs, hence processes, per node (default 1)")
+    la.add_argument("--partition", default=None, help="SLURM partition")
+    la.add_argument("--time", type=int, default=60, help="time limit in minutes per job (default 60); it is requeued")
+    la.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per node's task (data loaders)")
+    la.add_argument("--mem", default=None, help="memory per node, e.g. 200G")
+    la.add_argument("--account", default=None, help="SLURM account")
+    la.add_argument("--qos", default=None, help="SLURM quality of service")
+    la.add_argument("--constraint", default=None, help="SLURM node constraint")
+    la.add_argument("--job-dir", default=None, help="submitit logs and pickles (default: RUN/../slurm/JOBID)")
+    la.add_argument("--dry-run", action="store_true", help="print the sbatch script and each node's command only")
+    la.add_argument("command", nargs=argparse.REMAINDER, help="-- train --recipe R --out RUN [overrides]")
     return p
 
 
@@ -266,6 +288,10 @@ def _run(args: argparse.Namespace) -> int:
                          args.overwrite)
         elif args.cmd == "tokenizer":
             _fit_tokenizer(args)
+        elif args.cmd == "launch":
+            from selfsup.launch import launch
+
+            return launch(args)
         elif args.cmd == "recipes" and args.action == "show":
             from selfsup.explain import describe_recipe
 

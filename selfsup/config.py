@@ -96,6 +96,8 @@ class ViTConfig(Section):
     pos_embed: Literal["learn", "sincos"] = Field("learn", description="learned, or fixed 2-D sin-cos (MAE, MoCo v3, "
                                                   "I-JEPA)")
     freeze_patch_embed: bool = Field(False, description="MoCo v3's frozen random patch projection")
+    grad_checkpointing: bool = Field(False, description="activation checkpointing: recompute each block in the "
+                                     "backward pass instead of storing its activations (less memory, ~1/3 more compute)")
 
     def kwargs(self) -> dict[str, Any]:
         return self.model_dump()
@@ -164,6 +166,11 @@ class TrainConfig(Section):
     accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step (data.batch_size stays the "
                             "effective batch): plain gradient accumulation, or exact gradient caching for "
                             "contrastive and covariance losses; methods that can do neither refuse it")
+    compile: bool = Field(False, description="torch.compile the backbone and heads in place (state-dict keys "
+                          "unchanged); on CPU it needs a C compiler; see benchmarks/throughput.py for its effect")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes: ddp (replicated weights) or "
+                                             "fsdp (FSDP2 fully_shard: weights, gradients and optimizer state sharded "
+                                             "per ViT block; checkpoints through torch.distributed.checkpoint)")
     collapse_rankme_fraction: float = Field(0.02, ge=0, le=1, description="warn when the embeddings' RankMe falls "
                                             "below this fraction of min(N, D)")
     progress_bar: bool | None = Field(None, description="null: only when stderr is a terminal")

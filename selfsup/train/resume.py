@@ -12,12 +12,18 @@ interrupted run and an uninterrupted one give bit-identical weights and metrics 
 * the metrics rows written so far and the collapse monitor's history. On resume ``metrics.jsonl``
   is rewritten from them, so a crash between appending a row and saving the checkpoint cannot
   leave a duplicate row.
+
+With ``train.strategy: fsdp`` the method and optimizer are written shard by shard through
+``torch.distributed.checkpoint`` to ``sharded/step-N-T/`` (a new folder each time), and ``checkpoint.pt``,
+written after it, names that folder (``"sharded"``) and also holds the whole gathered weights
+(``"method"``) for evaluation and export; resuming reads the shards back on every rank.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ import yaml
 from selfsup.config import ConfigError, to_dict
 from selfsup.diagnostics import CollapseMonitor
 from selfsup.train import checkpoint as ckpt
+from selfsup.train.parallel import SHARDED_DIR, full_state_dict, load_sharded, prune_sharded, save_sharded
 from selfsup.train.session import EpochState, Session, barrier
 from selfsup.train.setup import Env
 
@@ -39,8 +46,9 @@ RUN_DIRS = ("tb", "wandb", "mlruns")
 
 #: config keys that may differ on resume: they change neither the model nor the schedule
 RESUME_SAFE = ("eval.", "train.progress_bar", "train.checkpoint_every_minutes", "train.checkpoint_every_steps",
-               "train.device", "train.out_dir", "train.run_name", "data.path", "data.num_workers",
-               "data.prefetch", "data.index_dir", "train.loggers", "train.preview_images")
+               "train.compile", "model.vit.grad_checkpointing", "train.device", "train.out_dir", "train.run_name",
+               "data.path", "data.num_workers", "data.prefetch", "data.index_dir", "train.loggers",
+               "train.preview_images")
 RESUME_SAFE += ("train.export_every_epoch",)  # what is exported each epoch, not how the model trains
 
 
@@ -56,6 +64,8 @@ def claim_run_dir(run: Path, overwrite: bool) -> None:
             shutil.rmtree(run / name)
         else:
             (run / name).unlink()
+    if overwrite:
+        shutil.rmtree(run / SHARDED_DIR, ignore_errors=True)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -100,8 +110,11 @@ def resume_from(s: Session) -> tuple[int, EpochState | None]:
     if state["world_size"] != env.world_size or state["steps_per_epoch"] != s.steps:
         raise ConfigError(f"checkpoint was written by {state['world_size']} process(es) with {state['steps_per_epoch']} "
                           f"steps per epoch; resume with {state['world_size']} process(es) on the same training set")
-    s.method.load_state_dict(state["method"])
-    s.opt.load_state_dict(state["optimizer"])
+    if state.get("sharded"):  # train.strategy=fsdp: each rank reads its shards (torch.distributed.checkpoint)
+        load_sharded(s.method, s.opt, s.run, state["sharded"])
+    else:
+        s.method.load_state_dict(state["method"])
+        s.opt.load_state_dict(state["optimizer"])
     s.scaler.load_state_dict(state["scaler"])
     if s.probe is not None and state["probe"] is not None:
         s.probe.load_state_dict(state["probe"])
@@ -129,14 +142,25 @@ def save_checkpoint(s: Session, global_step: int, e: EpochState | None) -> None:
     if env.world_size > 1:
         ranks = [None] * env.world_size
         torch.distributed.all_gather_object(ranks, mine)
+    sharded, method_state, opt_state = None, None, None
+    if s.cfg.train.strategy == "fsdp" and env.world_size > 1:  # FSDP2: shards through torch.distributed.checkpoint
+        names = [f"step-{global_step:08d}-{time.time_ns()}"]
+        torch.distributed.broadcast_object_list(names, src=0)
+        sharded = names[0]
+        save_sharded(s.method, s.opt, s.run, sharded)
+        method_state = full_state_dict(s.method)  # the whole weights too, for eval and export
+    elif env.is_main:
+        method_state, opt_state = s.method.state_dict(), s.opt.state_dict()
     if env.is_main:
-        ckpt.save_atomic({"method": s.method.state_dict(), "optimizer": s.opt.state_dict(),
+        ckpt.save_atomic({"method": method_state, "optimizer": opt_state, "sharded": sharded,
                           "scaler": s.scaler.state_dict(), "probe": s.probe.state_dict() if s.probe else None,
                           "probe_opt": s.probe_opt.state_dict() if s.probe_opt else None, "ranks": ranks,
                           "global_step": global_step, "epoch": global_step // s.steps, "steps_per_epoch": s.steps,
                           "world_size": env.world_size, "metrics": s.metrics,
                           "monitor": s.monitor.state_dict() if s.monitor is not None else None,
                           "meta": s.meta, "config": to_dict(s.cfg)}, s.run / "checkpoint.pt")
+        if sharded is not None:
+            prune_sharded(s.run, sharded)
     barrier(env)
 
 

@@ -24,6 +24,7 @@ from selfsup.nets import build_backbone, feature_dim, online_probe
 from selfsup.nets.layer_decay import apply_layer_decay
 from selfsup.seeds import mix_seed
 from selfsup.train.optim import build_optimizer
+from selfsup.train.parallel import compile_in_place, fully_shard_method
 from selfsup.train.schedules import scaled_lr
 from selfsup.train.loggers import LoggerError, RunLoggers, check_loggers
 from selfsup.train.setup import Env, autocast, resolve_auto_settings, seed_all, setup_env
@@ -153,6 +154,13 @@ def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, m
         method = method.to(memory_format=torch.channels_last)
     if env.world_size > 1 and cfg.model.sync_bn and env.device.type == "cuda":  # SyncBatchNorm runs on CUDA only
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    fsdp = cfg.train.strategy == "fsdp" and env.world_size > 1
+    if fsdp:  # before the optimizer: sharding replaces the parameters
+        fully_shard_method(method)
+    if cfg.train.compile:
+        compiled = compile_in_place(method)
+        if env.is_main:
+            log(f"train.compile: torch.compile on {', '.join(compiled)}")
     groups = apply_layer_decay(method.param_groups(), method, cfg.optim.layer_decay, cfg.optim.patch_embed_lr_mult)
     opt = build_optimizer(groups, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
                           cfg.optim.momentum, cfg.optim.betas, cfg.optim.eta)
@@ -175,7 +183,7 @@ def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, m
                 f"{cfg.data.prefetch} batches in flight")
     meta = {"channels": channels, "image_size": size, "mean": list(mean), "std": list(std),
             "feat_dim": method.feat_dim, "num_classes": num_classes, "data": data.summary()}
-    return Session(cfg, env, data, views_fn, method, _ddp(method, env), opt,
+    return Session(cfg, env, data, views_fn, method, method if fsdp else _ddp(method, env), opt,
                    torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16"), probe,
                    _ddp(probe, env) if probe is not None else None, probe_opt, sampler,
                    scaled_lr(cfg.optim.lr, cfg.data.batch_size, cfg.optim.lr_scaling,
