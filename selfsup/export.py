@@ -251,7 +251,9 @@ def how_to_load(meta: dict[str, Any], path: str | Path) -> list[str]:
     if meta["format"] == "safetensors":
         load = [f"import safetensors.torch", f"model.load_state_dict(safetensors.torch.load_file({str(path)!r}))"]
     else:
-        load = ["import torch", f"model.load_state_dict(torch.load({str(path)!r}, weights_only=True))"]
+        imported = any(line.startswith("import torch") for line in meta["build"])
+        load = [*([] if imported else ["import torch"]),
+                f"model.load_state_dict(torch.load({str(path)!r}, weights_only=True))"]
     lines = [*meta["build"], *load]
     if "features" in meta:
         lines.append(f"# {meta['features']}")
