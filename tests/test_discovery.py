@@ -69,6 +69,11 @@ def test_every_config_field_has_a_description():
                for k, info in fields(getattr(recipe, section), f"{section}.") if not info.description]
     assert not missing, f"fields without a description (selfsup recipes show prints them bare): {missing}"
     assert Recipe.model_fields["description"].description
+    from selfsup.methods import METHODS
+
+    missing = [f"{name}.{k}" for name, cls in METHODS.items() for k, info in cls.Config.model_fields.items()
+               if k != "name" and not info.description]
+    assert not missing, f"method config fields without a description (give them Field(description=...)): {missing}"
 
 
 def test_recipes_show_errors(capsys):

@@ -23,7 +23,7 @@ from selfsup.nets import mlp
 
 class AlignUniformConfig(MethodConfig):
     name: Literal["align_uniform"] = "align_uniform"
-    projector: str = "128"
+    projector: str = Field("128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     lambda_: float = Field(1.0, ge=0, description="weight of the uniformity term (official --unif_w)")
     alpha: float = Field(2.0, gt=0, description="exponent of the alignment distance")
     t: float = Field(2.0, gt=0, description="Gaussian-potential scale of the uniformity term")

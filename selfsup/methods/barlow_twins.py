@@ -24,7 +24,7 @@ from selfsup.nets import mlp
 
 class BarlowTwinsConfig(MethodConfig):
     name: Literal["barlow_twins"] = "barlow_twins"
-    projector: str = "8192-8192-8192"
+    projector: str = Field("8192-8192-8192", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     lambda_: float = Field(5e-3, ge=0, description="weight of the off-diagonal (redundancy reduction) term")
     bias_lr_scale: float = Field(0.024, gt=0, description="lr of biases and BN parameters relative to the "
                                  "weights (paper: 0.0048 / 0.2)")

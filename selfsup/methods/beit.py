@@ -63,7 +63,7 @@ class BEiTConfig(MethodConfig):
     aspect: tuple[float, float] = Field((0.3, 1 / 0.3), description="block aspect ratio range (log-uniform)")
     tokenizer_images: int = Field(10000, ge=1, description="training images the k-means tokenizer is fitted on")
     tokenizer_patches: int = Field(200_000, ge=2, description="patches sampled from them for MiniBatchKMeans")
-    tokenizer_seed: int = Field(0, ge=0)
+    tokenizer_seed: int = Field(0, ge=0, description="seed of the k-means tokenizer fit")
     tokenizer_path: str | None = Field(None, description="a tokenizer file to load instead of fitting one")
     hog_bins: int = Field(9, ge=1, description="HOG orientation bins (MaskFeat: 9)")
     hog_cell: int | None = Field(None, ge=1, description="HOG cell side (null: largest divisor of the patch <= 8)")

@@ -19,9 +19,9 @@ from selfsup.nets import EMA, cosine_momentum, mlp, out_dim
 
 class BYOLConfig(MethodConfig):
     name: Literal["byol"] = "byol"
-    projector: str = "4096-256"
-    predictor: str = "4096-256"
-    tau_base: float = Field(0.996, ge=0, le=1)
+    projector: str = Field("4096-256", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
+    predictor: str = Field("4096-256", description="predictor head widths, hidden-...-output")
+    tau_base: float = Field(0.996, ge=0, le=1, description="EMA momentum of the target at the start, cosine to 1")
 
 
 class BYOL(Method):

@@ -24,8 +24,8 @@ from selfsup.nets import mlp
 
 class DCLConfig(MethodConfig):
     name: Literal["dcl"] = "dcl"
-    temperature: float = Field(0.1, gt=0)
-    projector: str = "2048-128"
+    temperature: float = Field(0.1, gt=0, description="temperature tau of the decoupled contrastive loss")
+    projector: str = Field("2048-128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
 
 
 class DCLWConfig(DCLConfig):

@@ -34,11 +34,11 @@ from selfsup.nets.prototypes import Prototypes
 
 class DeepClusterV2Config(MethodConfig):
     name: Literal["deepcluster_v2"] = "deepcluster_v2"
-    projector: str = "2048-128"
+    projector: str = Field("2048-128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     nmb_prototypes: list[PositiveInt] = Field(default_factory=lambda: [3000, 3000, 3000], min_length=1,
                                     description="number of clusters of each k-means")
-    temperature: float = Field(0.1, gt=0)
-    kmeans_iters: int = Field(10, ge=1)
+    temperature: float = Field(0.1, gt=0, description="softmax temperature of the prototype scores")
+    kmeans_iters: int = Field(10, ge=1, description="k-means iterations at the start of each epoch")
     n_assign: int = Field(2, ge=1, description="global crops whose projections are stored and clustered")
     memory_size: int = Field(1_281_167, gt=0, description="projections kept per crop; at least the training set "
                              "size so each epoch's k-means sees every image (ImageNet: 1,281,167)")

@@ -27,13 +27,13 @@ class DINOConfig(MethodConfig):
     name: Literal["dino"] = "dino"
     head: str = Field("2048-2048-256", description="head MLP widths, ending with the bottleneck")
     out_dim: int = Field(65536, gt=0, description="number of prototypes K")
-    use_bn_in_head: bool = False
-    norm_last_layer: bool = True
-    student_temp: float = Field(0.1, gt=0)
-    warmup_teacher_temp: float = Field(0.04, gt=0)
-    teacher_temp: float = Field(0.07, gt=0)
-    warmup_teacher_temp_epochs: int = Field(30, ge=0)
-    center_momentum: float = Field(0.9, ge=0, le=1)
+    use_bn_in_head: bool = Field(False, description="BatchNorm in the head MLP")
+    norm_last_layer: bool = Field(True, description="weight-normalised last layer with its norm fixed to 1")
+    student_temp: float = Field(0.1, gt=0, description="student softmax temperature")
+    warmup_teacher_temp: float = Field(0.04, gt=0, description="teacher temperature at the start")
+    teacher_temp: float = Field(0.07, gt=0, description="teacher temperature after the warm-up")
+    warmup_teacher_temp_epochs: int = Field(30, ge=0, description="epochs of the linear teacher-temperature warm-up")
+    center_momentum: float = Field(0.9, ge=0, le=1, description="EMA momentum of the teacher center")
     tau_base: float = Field(0.996, ge=0, le=1, description="teacher EMA momentum at the start (cosine to 1)")
     freeze_last_layer_epochs: float = Field(1, ge=0, description="epochs during which the last layer is not updated")
 

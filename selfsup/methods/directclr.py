@@ -22,7 +22,7 @@ from selfsup.methods.base import Method, MethodConfig, encode_views
 class DirectCLRConfig(MethodConfig):
     name: Literal["directclr"] = "directclr"
     dim0: int = Field(360, gt=0, description="number of leading representation dimensions in the loss")
-    temperature: float = Field(0.1, gt=0)
+    temperature: float = Field(0.1, gt=0, description="InfoNCE temperature tau")
     negatives: Literal["cross_view", "nt_xent"] = Field("cross_view", description="cross_view: the official "
                                                         "infoNCE; nt_xent: lightly's DirectCLRLoss")
 

@@ -26,8 +26,8 @@ from selfsup.nets import EMA, cosine_momentum, mlp, out_dim
 
 class DirectPredConfig(MethodConfig):
     name: Literal["directpred"] = "directpred"
-    projector: str = "4096-256"
-    tau_base: float = Field(0.996, ge=0, le=1)
+    projector: str = Field("4096-256", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
+    tau_base: float = Field(0.996, ge=0, le=1, description="EMA momentum of the target at the start, cosine to 1")
     rho: float = Field(0.3, ge=0, lt=1, description="momentum of the running correlation F")
     eps: float = Field(0.1, ge=0, description="added to every normalised predictor eigenvalue")
     update_every: int = Field(1, ge=1, description="set the predictor from F every this many steps")

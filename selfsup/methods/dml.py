@@ -27,11 +27,12 @@ from selfsup.nets import mlp
 
 class DMLConfig(MethodConfig):
     name: Literal["dml"] = "dml"
-    loss: Literal["triplet", "contrastive"] = "triplet"
-    margin: float = Field(0.2, gt=0)
+    loss: Literal["triplet", "contrastive"] = Field("triplet", description="batch triplet loss or the margin "
+                                                    "contrastive (pairwise) loss")
+    margin: float = Field(0.2, gt=0, description="the loss's margin")
     mining: Literal["all", "hard", "semihard"] = Field("semihard", description="triplet negatives")
-    normalize: bool = True
-    projector: str = "2048-128"
+    normalize: bool = Field(True, description="L2-normalise the embeddings before the distances")
+    projector: str = Field("2048-128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
 
 
 class DML(Method):

@@ -26,7 +26,7 @@ from selfsup.nets import mlp
 
 class EMPSSLConfig(MethodConfig):
     name: Literal["emp_ssl"] = "emp_ssl"
-    projector: str = "4096-4096-1024"
+    projector: str = Field("4096-4096-1024", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     lambda_: float = Field(200.0, ge=0, description="weight of the patch invariance (official --patch_sim)")
     eps: float = Field(0.2, gt=0, description="distortion of the total coding rate")
     eps_convention: Literal["paper", "code"] = Field("paper", description="paper: eps^2 in the coding rate; "

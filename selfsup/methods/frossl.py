@@ -22,7 +22,7 @@ from selfsup.nets import mlp
 
 class FroSSLConfig(MethodConfig):
     name: Literal["frossl"] = "frossl"
-    projector: str = "2048-1024"
+    projector: str = Field("2048-1024", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     invariance_weight: float = Field(1.0, ge=0, description="weight of the distance to the mean view")
 
 

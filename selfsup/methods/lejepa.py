@@ -28,11 +28,11 @@ from selfsup.nets import mlp, out_dim
 
 class LeJEPAConfig(MethodConfig):
     name: Literal["lejepa"] = "lejepa"
-    projector: str = "2048-2048-16"
+    projector: str = Field("2048-2048-16", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     lambda_: float = Field(0.05, ge=0, le=1, description="SIGReg weight; the prediction loss has 1 - lambda")
     num_slices: int = Field(1024, gt=0, description="random 1-D projections per step")
     knots: int = Field(17, ge=2, description="quadrature points of the Epps-Pulley integral on [0, t_max]")
-    t_max: float = Field(3.0, gt=0)
+    t_max: float = Field(3.0, gt=0, description="upper end of the Epps-Pulley integration range [0, t_max]")
 
 
 class LeJEPA(Method):

@@ -21,7 +21,7 @@ from selfsup.nets import mlp
 
 class MACLConfig(MethodConfig):
     name: Literal["macl"] = "macl"
-    projector: str = "2048-128"
+    projector: str = Field("2048-128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     temperature: float = Field(0.1, gt=0, description="tau_0, the temperature at alignment A_0")
     alpha: float = Field(0.5, ge=0, le=1, description="how strongly the temperature follows the alignment")
     a0: float = Field(0.0, ge=0, le=1, description="the alignment A_0 at which the temperature is tau_0")

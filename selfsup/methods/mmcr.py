@@ -29,7 +29,7 @@ from selfsup.nets import EMA, mlp
 
 class MMCRConfig(MethodConfig):
     name: Literal["mmcr"] = "mmcr"
-    projector: str = "8192-8192-512"
+    projector: str = Field("8192-8192-512", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     lambda_: float = Field(0.0, ge=0, description="weight of the per-image nuclear norm (official --lmbda 0)")
     momentum_encoder: bool = Field(True, description="centroids also from an EMA of backbone + projector")
     tau: float = Field(0.99, ge=0, le=1, description="constant EMA momentum of the momentum encoder")

@@ -47,12 +47,12 @@ from selfsup.nets import EMA, MemoryBank, mlp, out_dim
 
 class MoCoV2Config(MethodConfig):
     name: Literal["mocov2"] = "mocov2"
-    temperature: float = Field(0.2, gt=0)
-    queue_size: int = Field(65536, gt=0)
+    temperature: float = Field(0.2, gt=0, description="InfoNCE temperature tau")
+    queue_size: int = Field(65536, gt=0, description="negative keys kept in the queue (K)")
     momentum: float = Field(0.999, ge=0, le=1, description="key encoder EMA momentum m (constant)")
-    projector: str = "2048-128"
+    projector: str = Field("2048-128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     projector_norm: Literal["none", "bn"] = Field("none", description="hidden-layer norm of the MLP (paper: none)")
-    symmetric: bool = False
+    symmetric: bool = Field(False, description="also the swapped pair (view 2 as the query)")
     bn_splits: int = Field(8, ge=1, description="shuffle-BN groups per process (8 GPUs in the paper); 1: off")
     decay_all: bool = Field(True, description="weight decay on every parameter, biases and BN included (official "
                             "code); false: none on parameters with ndim <= 1")

@@ -28,9 +28,9 @@ from selfsup.nets import EMA, cosine_momentum, mlp, out_dim
 
 class MoCoV3Config(MethodConfig):
     name: Literal["mocov3"] = "mocov3"
-    temperature: float = Field(1.0, gt=0)
-    projector: str = "4096-256"
-    predictor: str = "4096-256"
+    temperature: float = Field(1.0, gt=0, description="InfoNCE temperature tau (MoCo v3's ViT recipe: 0.2)")
+    projector: str = Field("4096-256", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
+    predictor: str = Field("4096-256", description="predictor head widths, hidden-...-output")
     tau_base: float = Field(0.99, ge=0, le=1, description="initial momentum, raised to 1 (cosine)")
 
 

@@ -38,9 +38,10 @@ class MSFConfig(MethodConfig):
     k: int = Field(5, gt=0, description="number of nearest neighbours")
     queue_size: int = Field(1_024_000, gt=0, description="memory bank size")
     momentum: float = Field(0.99, ge=0, le=1, description="target encoder EMA momentum (constant)")
-    projector: str = "4096-512"
-    predictor: str = "4096-512"
-    symmetric: bool = False
+    projector: str = Field("4096-512", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
+    predictor: str = Field("4096-512", description="predictor head widths, hidden-...-output")
+    symmetric: bool = Field(False, description="both views as query and target (the paper: view 1 query, "
+                            "view 2 target)")
     decay_all: bool = Field(True, description="weight decay on every parameter, biases and BN included (official "
                             "code); false: none on parameters with ndim <= 1")
 

@@ -66,7 +66,7 @@ class MSNConfig(MethodConfig):
     sharpen_temp: float = Field(0.25, gt=0, le=1, description="target sharpening temperature T")
     me_max_weight: float = Field(1.0, ge=0, description="weight of ME-MAX (MSN) / the prior KL (PMSN)")
     use_sinkhorn: bool = Field(True, description="Sinkhorn-Knopp on the sharpened targets")
-    sinkhorn_iters: int = Field(3, ge=1)
+    sinkhorn_iters: int = Field(3, ge=1, description="Sinkhorn-Knopp iterations of the targets")
     patch_drop: float = Field(0.15, ge=0, lt=1, description="fraction of patch tokens dropped from the masked anchors")
     rand_views: int = Field(1, ge=1, description="masked full-size anchor views (views.params.n_global = 1 + this)")
     tau_base: float = Field(0.996, ge=0, le=1, description="EMA momentum of the target encoder at the start")

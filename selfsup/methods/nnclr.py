@@ -28,10 +28,10 @@ from selfsup.nets import MemoryBank, mlp, out_dim
 
 class NNCLRConfig(MethodConfig):
     name: Literal["nnclr"] = "nnclr"
-    temperature: float = Field(0.1, gt=0)
+    temperature: float = Field(0.1, gt=0, description="NT-Xent temperature tau (nearest neighbour as the positive)")
     queue_size: int = Field(98304, gt=0, description="support set size")
-    projector: str = "2048-2048-256"
-    predictor: str = "4096-256"
+    projector: str = Field("2048-2048-256", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
+    predictor: str = Field("4096-256", description="predictor head widths, hidden-...-output")
 
 
 class NNCLR(Method):

@@ -28,9 +28,9 @@ from selfsup.nets import EMA, cosine_momentum, mlp
 
 class ReLICConfig(MethodConfig):
     name: Literal["relic"] = "relic"
-    temperature: float = Field(0.1, gt=0)
+    temperature: float = Field(0.1, gt=0, description="InfoNCE temperature tau")
     alpha: float = Field(1.0, ge=0, description="weight of the KL invariance term")
-    projector: str = "4096-256"
+    projector: str = Field("4096-256", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     tau_base: float | None = Field(0.996, ge=0, le=1, description="target EMA momentum (cosine to 1); null: h = f")
 
 

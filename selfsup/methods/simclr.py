@@ -19,8 +19,8 @@ from selfsup.nets import mlp
 
 class SimCLRConfig(MethodConfig):
     name: Literal["simclr"] = "simclr"
-    temperature: float = Field(0.1, gt=0)
-    projector: str = "2048-128"
+    temperature: float = Field(0.1, gt=0, description="NT-Xent temperature tau")
+    projector: str = Field("2048-128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
 
 
 class SimCLR(Method):

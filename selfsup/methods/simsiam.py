@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch.nn as nn
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from selfsup.losses import simsiam_loss
 from selfsup.methods.base import Method, MethodConfig, encode_views
@@ -21,9 +21,10 @@ from selfsup.nets import mlp, out_dim
 
 class SimSiamConfig(MethodConfig):
     name: Literal["simsiam"] = "simsiam"
-    projector: str = "2048-2048-2048"
-    predictor: str = "512-2048"
-    fixed_predictor_lr: bool = True
+    projector: str = Field("2048-2048-2048", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
+    predictor: str = Field("512-2048", description="predictor head widths, hidden-...-output")
+    fixed_predictor_lr: bool = Field(True, description="the predictor keeps the peak lr, no cosine decay "
+                                     "(SimSiam Sec. 4.4)")
 
     @model_validator(mode="after")
     def _check_dims(self) -> "SimSiamConfig":

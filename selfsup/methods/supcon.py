@@ -23,8 +23,8 @@ from selfsup.nets import mlp
 
 class SupConConfig(MethodConfig):
     name: Literal["supcon"] = "supcon"
-    temperature: float = Field(0.1, gt=0)
-    projector: str = "2048-128"
+    temperature: float = Field(0.1, gt=0, description="SupCon temperature tau")
+    projector: str = Field("2048-128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
 
 
 class SupCon(Method):

@@ -27,13 +27,13 @@ from selfsup.nets.prototypes import Prototypes
 
 class SwAVConfig(MethodConfig):
     name: Literal["swav"] = "swav"
-    projector: str = "2048-128"
+    projector: str = Field("2048-128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     nmb_prototypes: int = Field(3000, gt=0, description="number of prototypes K; keep K above the projector's output "
                                 "dimension, or the embeddings can escape to the prototypes' orthogonal complement "
                                 "(uniform codes, loss log K)")
-    temperature: float = Field(0.1, gt=0)
+    temperature: float = Field(0.1, gt=0, description="softmax temperature of the prototype scores")
     epsilon: float = Field(0.05, gt=0, description="Sinkhorn entropy regularisation")
-    sinkhorn_iters: int = Field(3, ge=1)
+    sinkhorn_iters: int = Field(3, ge=1, description="Sinkhorn-Knopp iterations of the codes")
     n_assign: int = Field(2, ge=1, description="crops whose codes are computed: the first n_assign (global) crops")
     queue_length: int = Field(0, ge=0, description="past embeddings per assigned crop added to Sinkhorn (0: none)")
     queue_start_epochs: float = Field(15, ge=0, description="epoch at which the queue starts filling")

@@ -26,7 +26,7 @@ from selfsup.nets import EMA, cosine_momentum, mlp, out_dim
 
 class TiCoConfig(MethodConfig):
     name: Literal["tico"] = "tico"
-    projector: str = "4096-256"
+    projector: str = Field("4096-256", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     beta: float = Field(0.9, ge=0, lt=1, description="decay of the running covariance C_t")
     rho: float = Field(8.0, ge=0, description="weight of the covariance-contrast term")
     momentum_encoder: bool = Field(True, description="second view through an EMA of backbone + projector")

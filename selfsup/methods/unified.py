@@ -28,13 +28,14 @@ from selfsup.nets import mlp
 
 class UnifiedConfig(MethodConfig):
     name: Literal["unified"] = "unified"
-    preset: Literal["infonce", "mine", "triplet", "soft_triplet", "tuplet", "lifted"] = "infonce"
+    preset: Literal["infonce", "mine", "triplet", "soft_triplet", "tuplet", "lifted"] = Field(
+        "infonce", description="the loss: a row of Tian (2022) Table 1")
     tau: float = Field(0.2, gt=0, description="temperature on squared distances (infonce, soft_triplet)")
     eps: float | None = Field(None, description="the preset's epsilon / margin; null: its default")
     negatives: Literal["other", "all"] = Field("all", description="other images' second views, or both views")
-    normalize: bool = True
-    symmetric: bool = True
-    projector: str = "2048-128"
+    normalize: bool = Field(True, description="L2-normalise the embeddings before the distances")
+    symmetric: bool = Field(True, description="average the loss over both views as anchors")
+    projector: str = Field("2048-128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
 
 
 class Unified(Method):

@@ -26,13 +26,13 @@ from selfsup.nets import mlp
 
 class VIbCRegConfig(MethodConfig):
     name: Literal["vibcreg"] = "vibcreg"
-    projector: str = "2048-2048-2048"
+    projector: str = Field("2048-2048-2048", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     sim_weight: float = Field(25.0, ge=0, description="invariance coefficient")
     var_weight: float = Field(25.0, ge=0, description="variance coefficient")
     cov_weight: float = Field(200.0, ge=0, description="(normalised) covariance coefficient")
     iternorm: bool = Field(True, description="IterNorm whitening of the projector output")
-    iternorm_groups: int = Field(64, gt=0)
-    iternorm_iterations: int = Field(5, gt=0, le=10)
+    iternorm_groups: int = Field(64, gt=0, description="IterNorm whitening groups of the embedding dimensions")
+    iternorm_iterations: int = Field(5, gt=0, le=10, description="IterNorm Newton iterations")
 
 
 class VIbCReg(Method):

@@ -18,7 +18,7 @@ from selfsup.nets import mlp
 
 class VICRegConfig(MethodConfig):
     name: Literal["vicreg"] = "vicreg"
-    projector: str = "8192-8192-8192"
+    projector: str = Field("8192-8192-8192", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     lambda_: float = Field(25.0, ge=0, description="invariance coefficient")
     mu: float = Field(25.0, ge=0, description="variance coefficient")
     nu: float = Field(1.0, ge=0, description="covariance coefficient")

@@ -26,7 +26,7 @@ from selfsup.nets import mlp
 
 class WMSEConfig(MethodConfig):
     name: Literal["wmse"] = "wmse"
-    projector: str = "1024-64"
+    projector: str = Field("1024-64", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
     w_size: int = Field(128, gt=1, description="sub-batch size of each whitening; must divide the batch and "
                         "exceed the embedding dimension")
     w_iter: int = Field(1, ge=1, description="random sub-batch splits per step")
