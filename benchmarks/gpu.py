@@ -221,9 +221,9 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"# {shlex.join([sys.executable, *sys.argv])}")
     print(f"# torch {torch.__version__}, lightly {lightly_version or 'not installed (lightly rows skipped)'}, {device} "
-          f"({gpu}), {torch.get_num_threads()} CPU threads; batch {args.batch}, {args.image_size} px, {args.precision}, "
-          f"compile {args.compile}, channels_last {args.channels_last}; median of {args.steps} steps after "
-          f"{args.warmup}")
+          f"({gpu}), {torch.get_num_threads()} CPU threads; batch {args.batch}, {args.image_size} px, "
+          f"{args.precision}, compile {args.compile}, channels_last {args.channels_last}; median of {args.steps} "
+          f"steps after {args.warmup}")
     print(f"{'model':<26}{'loop':<10}{'views':>6}{'img/s':>10}{'step ms':>10}{'aug ms':>9}{'peak MiB':>10}")
     labels = {"simclr": "ResNet-50 SimCLR", "dino": "ViT-S/16 DINO"}
     for name in args.only:

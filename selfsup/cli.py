@@ -121,8 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.3")
 
     la = sub.add_parser("launch", help="submit selfsup train to SLURM (submitit); requeued and resumed on preemption",
-                        epilog="example:\n  selfsup launch --slurm --nodes 2 --gpus-per-node 8 --partition gpu --time 1440 "
-                               "-- train --recipe dino --data /data/imagenet --out runs/dino",
+                        epilog="example:\n  selfsup launch --slurm --nodes 2 --gpus-per-node 8 --partition gpu "
+                               "--time 1440 -- train --recipe dino --data /data/imagenet --out runs/dino",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Submit the train command after `--` as one SLURM job (one task per node running "
                                     "torchrun with the c10d rendezvous); on preemption or timeout it is requeued and "

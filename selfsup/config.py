@@ -97,7 +97,7 @@ class ViTConfig(Section):
                                                   "I-JEPA)")
     freeze_patch_embed: bool = Field(False, description="MoCo v3's frozen random patch projection")
     grad_checkpointing: bool = Field(False, description="activation checkpointing: recompute each block in the "
-                                     "backward pass instead of storing its activations (less memory, ~1/3 more compute)")
+                                     "backward pass instead of storing its activations (less memory, more compute)")
 
     def kwargs(self) -> dict[str, Any]:
         return self.model_dump()

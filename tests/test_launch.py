@@ -104,3 +104,24 @@ def test_a_preempted_local_job_is_requeued_and_ends_as_an_uninterrupted_run(tmp_
     a = torch.load(ref / "checkpoint.pt", weights_only=True)["method"]
     b = torch.load(cut / "checkpoint.pt", weights_only=True)["method"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_multi_node_process_env_global_rank_and_local_gpu(monkeypatch):
+    """What torchrun's c10d rendezvous sets on the second node of 2 x 4 GPUs, process 6 of 8: the global
+    RANK and WORLD_SIZE go to the process group and the sampler, LOCAL_RANK picks this node's GPU."""
+    import selfsup.train.setup as setup
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "6")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setattr(setup.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(setup.dist, "init_process_group", lambda backend: calls.append(backend))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(d))
+    env = setup.setup_env("cuda")
+    assert (env.rank, env.world_size, env.local_rank, env.device) == (6, 8, 2, torch.device("cuda", 2))
+    assert calls == ["nccl", torch.device("cuda", 2)] and not env.is_main
+    env = setup.setup_env("cpu")  # CPU nodes: gloo, same ranks
+    assert (env.rank, env.world_size, env.device.type) == (6, 8, "cpu") and calls[-1] == "gloo"
