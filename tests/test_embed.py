@@ -112,6 +112,12 @@ def test_array_dataset_and_exported_weights(run, tmp_path, capsys):
     assert np.array_equal(np.load(tmp_path / "w.npy"), np.load(tmp_path / "d.npy"))
 
 
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["embed", "--help"])
+    assert e.value.code == 0 and "--features {backbone,projector}" in capsys.readouterr().out
+
+
 def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys, monkeypatch):
     cases = [(["embed", str(run), "--out", str(tmp_path / "e.txt")], "end the name in .npy, .parquet, .csv"),
              (["embed", "--out", str(tmp_path / "e.npy")], "give a run directory or --weights"),
