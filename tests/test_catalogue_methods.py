@@ -1,6 +1,6 @@
 """The second catalogue's methods as modules: state kept in buffers (TiCo's running covariance, LeJEPA's slice
 generator), MMCR's momentum centroids, DirectCLR's projector-free loss, exact gradient caching where declared, and
-LeJEPA under 2-process gloo DDP. Learning checks: tests/test_catalogue_learning.py; recipes: recipe_rows_catalogue.py."""
+LeJEPA under 2-process gloo DDP. Learning: tests/test_catalogue_learning.py; recipes: recipe_rows_catalogue.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from selfsup.config import ConfigError, load_recipe
 from selfsup.losses import lejepa_loss
 from selfsup.methods import METHODS
 from ddp_utils import run_on_ranks
+from selfsup.train.loop import train
 from test_accumulate import DT, accumulated, full_batch, make, max_diff, views_of
+from test_resume import EPOCHS, STEPS, _assert_same_run, _fresh
+from train_utils import TINY, tiny_digits
 
 EXACT = [("vibcreg", {"projector": "16-12", "iternorm_groups": 2}), ("frossl", {"projector": "16-12"}),
          ("lejepa", {"projector": "16-12", "num_slices": 32}), ("emp_ssl", {"projector": "16-12"}),
@@ -155,3 +158,24 @@ def test_directclr_uses_the_leading_backbone_dimensions_and_checks_dim0():
     with pytest.raises(ValueError, match=r"method.dim0=9 exceeds the backbone's 8 feature dimensions"):
         make("directclr", dim0=9)
 
+
+
+RESUME = {  # recipe -> overrides that keep it tiny; each has state beyond its weights
+    "tico": ["method.projector=32-16"],  # running covariance, momentum encoder
+    "mmcr": ["method.projector=32-16", "views.params.n_global=3"],  # momentum encoder
+    "lejepa": ["method.projector=32-16", "method.num_slices=16", "views.params.n_local=2",
+               "views.params.local_size=8"],  # slice seed and step
+}
+
+
+@pytest.mark.parametrize("name", list(RESUME))
+def test_resume_mid_epoch_is_bit_identical(name, tmp_path, one_thread):
+    """As tests/test_resume.py: stopped mid-run and resumed into a model built from another seed (so another
+    LeJEPA slice seed), the run ends bit-identical to the uninterrupted one."""
+    r = load_recipe(f"{name}_digits", TINY + [f"train.epochs={EPOCHS}", *RESUME[name]])
+    data, quiet = tiny_digits(), (lambda *a: None)
+    straight = train(r, run_dir=tmp_path / "a", data=data, method=_fresh(r, 0), log=quiet)
+    run = tmp_path / "b"
+    train(r, run_dir=run, data=data, method=_fresh(r, 0), stop_after_step=STEPS + 2, log=quiet)
+    train(r, run_dir=run, resume=True, data=data, method=_fresh(r, 1), log=quiet)
+    _assert_same_run(straight, run)
