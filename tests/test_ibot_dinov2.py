@@ -13,7 +13,9 @@ from train_utils import TINY, VIT_TINY, changed, short_run, tiny_digits
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: thread wake-ups dominate on 2 cores
 
-SMALL = ["method.head=32-16", "method.out_dim=24", "data.batch_size=8", "views.params.local_size=8"]
+# no BatchNorm in the heads (the digits recipes have it): the checks below recompute head outputs on other batches
+SMALL = ["method.head=32-16", "method.out_dim=24", "data.batch_size=8", "views.params.local_size=8",
+         "method.use_bn_in_head=false"]
 B, N = 6, 16  # images, patches of a 16 px crop at patch 4
 
 
@@ -188,7 +190,19 @@ def test_last_layers_are_frozen_in_the_first_epoch_and_the_teacher_stays_in_eval
     m.on_backward(0.0)
     assert all(p.grad is None for n, p in m.head.named_parameters() if "last_layer" in n)
     assert m.head.cls_head.mlp[0].weight.grad is not None
-    assert m.training and not m.teacher.training
+    assert m.training and not m.teacher.module[0].training  # the teacher ViT: no stochastic depth
+
+
+@pytest.mark.parametrize("recipe", ["ibot_digits", "dinov2_digits"])
+def test_bn_in_head_and_the_teacher_head_uses_batch_statistics(recipe):
+    m = _method(recipe, ["method.use_bn_in_head=true"])
+    assert any(isinstance(x, torch.nn.BatchNorm1d) for x in m.head.cls_head.mlp)
+    t_bb, t_head = m.teacher.module
+    assert t_head.training and not t_bb.training  # official teacher: train-mode BN in its head, no drop path
+    out = m(_views(), 0.0, masks=_masks())
+    assert torch.isfinite(out["loss"])
+    m.eval()
+    assert not t_head.training and not t_bb.training
 
 
 @pytest.mark.parametrize("recipe", ["ibot_digits", "dinov2_digits"])

@@ -64,6 +64,7 @@ class DINOv2Config(MethodConfig):
     patch_head: str = Field("2048-2048-256", description="the separate iBOT head's widths")
     patch_out_dim: int = Field(65536, gt=0, description="the separate iBOT head's prototypes")
     norm_last_layer: bool = Field(False, description="freeze the prototypes' norms (the official g is trainable)")
+    use_bn_in_head: bool = Field(False, description="BatchNorm in the heads' hidden layers (DINOHead use_bn)")
     student_temp: float = Field(0.1, gt=0, description="student softmax temperature")
     warmup_teacher_temp: float = Field(0.04, gt=0, description="teacher temperature at the start")
     teacher_temp: float = Field(0.07, gt=0, description="teacher temperature after the warm-up")
@@ -92,8 +93,8 @@ class DINOv2(IBOT):
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: DINOv2Config, epochs: int = 100) -> None:
         super(IBOT, self).__init__(masked_vit(backbone, "dinov2"), feat_dim, cfg, epochs)
-        cls_head = DINOHead(feat_dim, cfg.out_dim, cfg.head, False, cfg.norm_last_layer)
-        patch_head = DINOHead(feat_dim, cfg.patch_out_dim, cfg.patch_head, False, cfg.norm_last_layer) \
+        cls_head = DINOHead(feat_dim, cfg.out_dim, cfg.head, cfg.use_bn_in_head, cfg.norm_last_layer)
+        patch_head = DINOHead(feat_dim, cfg.patch_out_dim, cfg.patch_head, cfg.use_bn_in_head, cfg.norm_last_layer) \
             if cfg.separate_head else None
         self.head = PatchHeads(cls_head, patch_head=patch_head)
         self.teacher = EMA(nn.Sequential(self.backbone, self.head))

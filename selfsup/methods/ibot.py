@@ -60,6 +60,7 @@ class IBOTConfig(MethodConfig):
     shared_head: bool = Field(True, description="patch tokens share the CLS prototypes (README ViT-S; code default false)")
     patch_out_dim: int | None = Field(None, gt=0, description="patch prototypes without shared_head; null: out_dim")
     norm_last_layer: bool = Field(True, description="weight-normalised last layer with its norm fixed to 1")
+    use_bn_in_head: bool = Field(False, description="BatchNorm in the head's hidden layers (official --use_bn_in_head)")
     student_temp: float = Field(0.1, gt=0, description="student softmax temperature")
     warmup_teacher_temp: float = Field(0.04, gt=0, description="teacher temperature (cls) at the start")
     teacher_temp: float = Field(0.07, gt=0, description="CLS teacher temperature after warmup")
@@ -106,11 +107,15 @@ class PatchHeads(nn.Module):
         return self.cls_head(x)
 
     def patch(self, x: torch.Tensor) -> torch.Tensor:
-        """Prototype logits of patch tokens ``[..., D]``."""
+        """Prototype logits of patch tokens ``[..., D]`` (flattened to rows, so that a head with BatchNorm
+        normalises over images and tokens together, as the official ``CustomSequential``)."""
+        rows = x.reshape(-1, x.shape[-1])
         if self.patch_head is not None:
-            return self.patch_head(x)
-        last = self.patch_last_layer if self.patch_last_layer is not None else self.cls_head.last_layer
-        return last(self.cls_head.bottleneck(x))
+            out = self.patch_head(rows)
+        else:
+            last = self.patch_last_layer if self.patch_last_layer is not None else self.cls_head.last_layer
+            out = last(self.cls_head.bottleneck(rows))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def pack_masked(flat: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -157,16 +162,17 @@ class IBOT(Method):
         if cfg.shared_head and cfg.patch_out_dim not in (None, cfg.out_dim):
             raise ValueError(f"ibot: shared_head uses the CLS prototypes for patches; patch_out_dim "
                              f"{cfg.patch_out_dim} != out_dim {cfg.out_dim} needs shared_head=false")
-        cls_head = DINOHead(self.feat_dim, cfg.out_dim, cfg.head, False, cfg.norm_last_layer)
+        cls_head = DINOHead(self.feat_dim, cfg.out_dim, cfg.head, cfg.use_bn_in_head, cfg.norm_last_layer)
         if cfg.shared_head:
             return PatchHeads(cls_head)
         bottleneck = int(cfg.head.split("-")[-1])
         return PatchHeads(cls_head, prototypes(bottleneck, self._patch_dim(cfg), cfg.norm_last_layer))
 
     def train(self, mode: bool = True) -> IBOT:
-        """The teacher stays in eval mode (no stochastic depth, as the official teacher ViT)."""
+        """The teacher's backbone stays in eval mode (no stochastic depth, as the official teacher ViT); its head
+        follows ``mode``, so a head with BatchNorm normalises by batch statistics, as the official teacher."""
         super().train(mode)
-        self.teacher.eval()
+        self.teacher.module[0].eval()
         return self
 
     # ------------------------------------------------------------------ masks
