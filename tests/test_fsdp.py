@@ -1,7 +1,8 @@
 """``train.strategy: fsdp``: FSDP2 (``fully_shard`` per ViT block, then the root) in a real 2-process
 gloo group on CPU gives the one-process loss curve and weights (gathered NT-Xent and DINO's centered,
-EMA teacher), really shards the weights, and a run stopped mid-epoch and resumed from its
-``torch.distributed.checkpoint`` shards ends exactly as the uninterrupted one."""
+EMA teacher), starting from rank 0's initial weights, really shards the weights, and a run stopped
+mid-epoch and resumed from its ``torch.distributed.checkpoint`` shards ends exactly as the
+uninterrupted one."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def _recipe(name: str, strategy: str):
         f"train.strategy={strategy}"])
 
 
-def _method(name: str):
-    torch.manual_seed(0)
+def _method(name: str, seed: int = 0):
+    torch.manual_seed(seed)
     return _group_norm(build_method(_recipe(name, "ddp"), 1, 16))
 
 
@@ -62,7 +63,7 @@ def _fsdp_worker(out: str, rank: int, world: int) -> dict:
     out_dir, data, quiet = Path(out), _data(), (lambda *a: None)
     shards = {}
     for name in CASES:
-        method = _method(name)
+        method = _method(name, seed=rank)  # rank 1 starts elsewhere: fully_shard_method broadcasts rank 0's init
         train(_recipe(name, "fsdp"), run_dir=out_dir / name, data=data, method=method, log=quiet)
         w = method.backbone.blocks[0].attn.qkv.weight
         shards[name] = torch.tensor([isinstance(w, DTensor), w.to_local().numel(), w.numel()])
