@@ -16,8 +16,8 @@ BYOL_ETA = "BYOL official byol/configs/byol.py (optimizer_config eta=1e-3)"
 MMCR = "MMCR official pretrain_imagenet.py (batch 2048, n_aug 8, lr 0.8, tau 0.99, lmbda 0, 100 epochs, MMCR_Momentum)"
 MMCR_TRAIN = ("MMCR official mmcr/imagenet/train.py and misc.py (projector 8192-8192-512, lr x batch/256, LARS wd 1e-6 "
               "eta 1e-3, 10 warm-up epochs, cosine alpha_f 0.001, ResNet-50)")
-MMCR_AUG = ("MMCR official mmcr/imagenet/data.py Barlow_Transform (crop 0.08-1, jitter 0.4/0.4/0.2/0.1 p 0.8, gray 0.2, "
-            "blur 1.0/0.1, solarize 0/0.2, the two alternating over the n_aug views)")
+MMCR_AUG = ("MMCR official mmcr/imagenet/data.py Barlow_Transform (crop 0.08-1, jitter 0.4/0.4/0.2/0.1 p 0.8, "
+            "gray 0.2, blur 1.0/0.1, solarize 0/0.2, the two alternating over the n_aug views)")
 VIBCREG = ("solo-learn scripts/pretrain/imagenet-100/vibcreg.yaml (ResNet-18, 2048-2048-2048 + IterNorm, 25/25/200, "
            "LARS lr 0.3 eta 0.02, wd 1e-4, batch 64 x 2 GPUs, 400 epochs, crop 0.2-1, blur 0.5, solarize 0.1)")
 SOLO_LR = "solo-learn main_pretrain.py / parse_cfg: lr x batch_size x devices / 256 (linear scaling)"
@@ -40,8 +40,8 @@ DCLR = ("DirectCLR official directclr/main.py (--mode directclr --dim 360, tau 0
 DCLR_AUG = "DirectCLR official directclr/utils.py Transform (BYOL's pair: blur 1.0/0.1, solarize 0/0.2)"
 AU = ("Wang & Isola official examples/stl10/main.py (align_w 1, unif_w 1, alpha 2, t 2, batch 768, 200 epochs, SGD lr "
       "0.12 x B/256, momentum 0.9, wd 1e-4, feat_dim 128, no warm-up)")
-AU_AUG = ("Wang & Isola official examples/stl10/main.py get_data_loader (crop 64 px 0.08-1, flip, ColorJitter(0.4, 0.4, "
-          "0.4, 0.4) always, gray 0.2, no blur)")
+AU_AUG = ("Wang & Isola official examples/stl10/main.py get_data_loader (crop 64 px 0.08-1, flip, "
+          "ColorJitter(0.4, 0.4, 0.4, 0.4) always, gray 0.2, no blur)")
 MACL_LOSS = "lightly 1.6 MACLLoss defaults (temperature 0.1, alpha 0.5, A_0 0; benchmarks/lightly_parity.py)"
 MACL_OURS = "MACL: SimCLR's ImageNet setup (selfsup's choice, method docstring)"
 SIMCLR_AUG = "Chen et al. 2020 (SimCLR), App. A (crop 0.08-1, colour strength 1, gray 0.2, blur 0.5)"
