@@ -20,6 +20,7 @@ from selfsup.train.accumulate import accumulated_backward
 from selfsup.train.loop import build_method
 from train_utils import TINY, VIT_TINY
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models on a shared 2-core machine
 DT = torch.float64
 CPU = torch.device("cpu")
 SCALER = torch.amp.GradScaler("cpu", enabled=False)

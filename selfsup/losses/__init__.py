@@ -42,3 +42,6 @@ __all__ += ["mmcr_loss", "total_coding_rate", "emp_ssl_loss", "frossl_loss", "ra
             "multiview_invariance", "lejepa_loss", "visreg_terms", "visreg_loss", "tico_loss", "iter_norm",
             "vibcreg_loss", "alignment_loss", "uniformity_loss", "align_uniform_loss", "directclr_loss", "macl_loss",
             "co2_loss"]
+from selfsup.losses.feature_distillation import cosine_distillation_loss, queue_distillation_loss
+
+__all__ += ["queue_distillation_loss", "cosine_distillation_loss"]

@@ -28,6 +28,7 @@ from selfsup.methods.mae import MAE, MAEConfig
 from selfsup.methods.simmim import SimMIM, SimMIMConfig
 from selfsup.methods.msn import MSN, PMSN, MSNConfig, PMSNConfig
 from selfsup.methods.beit import BEiT, BEiTConfig
+from selfsup.methods.distill import Distill, DistillConfig
 from selfsup.methods.tico import TiCo, TiCoConfig
 from selfsup.methods.mmcr import MMCR, MMCRConfig
 from selfsup.methods.vibcreg import VIbCReg, VIbCRegConfig
@@ -68,6 +69,7 @@ METHODS: dict[str, type[Method]] = {
     "msn": MSN,
     "pmsn": PMSN,
     "beit": BEiT,
+    "distill": Distill,
     "tico": TiCo,
     "mmcr": MMCR,
     "vibcreg": VIbCReg,
@@ -91,6 +93,7 @@ __all__ += ["MAE", "MAEConfig", "SimMIM", "SimMIMConfig"]
 __all__ += ["IJEPA", "IJEPAConfig", "Data2Vec2", "Data2Vec2Config"]
 __all__ += ["MSN", "MSNConfig", "PMSN", "PMSNConfig", "BEiT", "BEiTConfig"]
 __all__ += ["IBOT", "IBOTConfig", "DINOv2", "DINOv2Config"]
+__all__ += ["Distill", "DistillConfig"]
 __all__ += ["TiCo", "TiCoConfig", "MMCR", "MMCRConfig", "VIbCReg", "VIbCRegConfig", "FroSSL", "FroSSLConfig",
             "LeJEPA", "LeJEPAConfig", "EMPSSL", "EMPSSLConfig", "DirectCLR", "DirectCLRConfig", "AlignUniform",
             "AlignUniformConfig", "MACL", "MACLConfig"]

@@ -149,7 +149,12 @@ def setup(recipe: Recipe, data: DataSplits | None, backbone: nn.Module | None, m
     if method_cls.needs_labels and not labels_ok:
         raise ConfigError(f"method {cfg.method.name} needs labels but the training data has none")
 
-    method = (method or build_method(cfg, channels, size, backbone)).to(env.device)
+    try:
+        method = (method or build_method(cfg, channels, size, backbone)).to(env.device)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a method's own check (a ViT-only method, distill's teacher): one line
+        raise ConfigError(f"method: {e}") from None
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if env.world_size > 1 and cfg.model.sync_bn and env.device.type == "cuda":  # SyncBatchNorm runs on CUDA only
