@@ -206,3 +206,21 @@ def test_two_process_ddp_gives_the_single_process_queue_and_gradients():
         for n, p in m.named_parameters():
             if p.grad is not None:
                 torch.testing.assert_close(r[n], p.grad, rtol=1e-9, atol=1e-12, msg=lambda s: f"{n}: {s}")
+
+
+@pytest.mark.parametrize("student", [["model.backbone=resnet18"], "vit"], ids=["resnet18", "timm-vit"])
+def test_any_student_backbone_distils(student, tmp_path):
+    """ResNet and timm ViT students (small_cnn is above) take one optimisation step towards a weights-file teacher."""
+    from train_utils import TINY, VIT_TINY
+
+    torch.save(SmallCNN(1, 8).state_dict(), tmp_path / "t.pt")
+    extra = VIT_TINY if student == "vit" else student
+    r = load_recipe("distill_digits", TINY + extra + [f"method.teacher={tmp_path / 't.pt'}",
+                                                      "method.teacher_backbone=small_cnn", "method.teacher_width=8"])
+    torch.manual_seed(0)
+    m = build_method(r, 1, 16).train()
+    x = torch.randn(4, 1, 16, 16)
+    out = m([x])
+    out["loss"].backward()
+    assert m.projector.out_features == 64 and out["feats"].shape == (4, m.feat_dim)
+    assert all(p.grad is not None for p in m.backbone.parameters() if p.requires_grad)
