@@ -48,7 +48,7 @@ def test_dino_evaluates_and_exports_the_teacher(tmp_path, monkeypatch, one_threa
 
     backbone, meta = load_backbone(run)
     assert meta["encoder"] == "teacher" and _equal(backbone.state_dict(), teacher)
-    exported = torch.load(export_backbone(run), weights_only=True)
+    exported = torch.load(export_backbone(run)[0], weights_only=True)
     assert _equal(exported, teacher) and not _equal(exported, student)
 
     seen = _captured_backbone(monkeypatch)
@@ -64,7 +64,7 @@ def test_dino_evaluates_and_exports_the_teacher(tmp_path, monkeypatch, one_threa
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     backbone, meta = load_backbone(run)
     assert meta["encoder"] == "student" and _equal(backbone.state_dict(), student)
-    assert _equal(torch.load(export_backbone(run), weights_only=True), student)
+    assert _equal(torch.load(export_backbone(run)[0], weights_only=True), student)
     run_evaluation.evaluate_run(run, data=data, protocols=["knn"], log=lambda *a: None)
     assert _equal(seen[-1], student)
 

@@ -79,7 +79,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_export_loads_into_torchvision(tmp_path):
     run, _, method = short_run("byol_digits", tmp_path, ["model.backbone=resnet18", "data.batch_size=16"],
                                data=tiny_digits(n_train=32, n_test=16, size=16))
-    out = export_backbone(run)
+    out, _ = export_backbone(run)
     sd = torch.load(out, weights_only=True)
     net = torchvision_resnet("resnet18", in_channels=1, small_input=True, num_classes=10)
     missing, unexpected = net.load_state_dict(sd, strict=False)
