@@ -156,6 +156,21 @@ def test_resume_refuses_schedule_and_model_overrides_and_records_safe_ones(tmp_p
     assert yaml.safe_load((run / "config.yaml").read_text())["eval"]["knn_k"] == [5]
 
 
+def test_resume_accepts_a_checkpoint_from_before_a_key_existed(tmp_path, one_thread):
+    """A checkpoint written before train.accumulate / train.float32_matmul_precision existed resumes with
+    their defaults (and with a setting resolved from auto), but not with another value."""
+    r, data, quiet = _recipe("simclr"), tiny_digits(), (lambda *a: None)
+    run = train(r, run_dir=tmp_path / "run", data=data, stop_after_step=3, log=quiet)
+    state = ckpt.load(run / "checkpoint.pt")
+    for key in ("accumulate", "float32_matmul_precision", "compile"):
+        del state["config"]["train"][key]
+    ckpt.save_atomic(state, run / "checkpoint.pt")
+    with pytest.raises(ConfigError, match="cannot resume with a changed train.accumulate: None -> 2"):
+        train(_recipe("simclr", ["train.accumulate=2"]), run_dir=run, resume=True, data=data, log=quiet)
+    train(_recipe("simclr"), run_dir=run, resume=True, data=data, log=quiet)
+    assert read_metrics(run)[-1]["epoch"] == r.train.epochs
+
+
 def test_new_run_refuses_an_existing_run_directory_unless_overwrite(tmp_path, one_thread):
     r, data, quiet = _recipe("simclr", ["train.epochs=1"]), tiny_digits(), (lambda *a: None)
     run = train(r, run_dir=tmp_path / "run", data=data, log=quiet)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import yaml
 
-from selfsup.config import ConfigError, to_dict
+from selfsup.config import ConfigError, to_dict, validate
 from selfsup.diagnostics import CollapseMonitor
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.parallel import SHARDED_DIR, full_state_dict, load_sharded, prune_sharded, save_sharded
@@ -83,11 +83,24 @@ def check_resume_config(saved: dict[str, Any], new: dict[str, Any]) -> None:
     resume-safe (:data:`RESUME_SAFE`): those change the model or the schedule, so the run would no
     longer be the one that was checkpointed."""
     a, b = _flat(saved), _flat(new)
-    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(RESUME_SAFE)]
+    added = _added_defaults(saved, a)
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(RESUME_SAFE)
+               and not (k in added and (b.get(k) == added[k] or added[k] == "auto"))]
     if changed:
         diffs = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed)
         raise ConfigError(f"cannot resume with a changed {diffs} (it changes the model or the schedule); drop the "
                           f"override, or start a new run")
+
+
+def _added_defaults(saved: dict[str, Any], flat_saved: dict[str, Any]) -> dict[str, Any]:
+    """The schema defaults of the keys missing from a checkpoint's config: keys added to selfsup after
+    that run was written (e.g. ``train.accumulate``). The run behaved as their default, so resuming with
+    the default (or a setting resolved from ``auto``) continues the same run."""
+    try:
+        full = _flat(to_dict(validate(saved)))
+    except ConfigError:  # a config this version cannot read: every difference is reported as it is
+        return {}
+    return {k: v for k, v in full.items() if k not in flat_saved}
 
 
 def start_run(s: Session, overwrite: bool) -> tuple[int, None]:
