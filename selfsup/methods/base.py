@@ -74,9 +74,11 @@ def accumulation_problem(method: "type[Method] | Method", k: int, batch_size: in
         return None
     name = method.Config.model_fields["name"].default
     if method.accumulation is None:
+        from selfsup.methods import METHODS  # the mapping imports this module
+
+        modes = {mode: ", ".join(n for n, m in METHODS.items() if m.accumulation == mode) for mode in ("exact", "plain")}
         return (f"train.accumulate={k}: {name} cannot accumulate, {method.no_accumulation_reason}; set "
-                f"train.accumulate=1 (exact: simclr, vicreg, barlow_twins, dcl, dclw, supcon; plain: byol, simsiam, "
-                f"dino, mae, simmim)")
+                f"train.accumulate=1 (exact: {modes['exact']}; plain: {modes['plain']})")
     if batch_size % (k * world_size):
         return (f"data.batch_size={batch_size} must divide by train.accumulate={k} x {world_size} process(es); "
                 f"choose a multiple of {k * world_size}")
