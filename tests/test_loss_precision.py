@@ -162,6 +162,13 @@ _CATALOGUE_CASES: list[Case] = [
     Case("co2_loss", losses.co2_loss, lambda g: (*_pair(g), _emb(g, K))),
 ]
 
+# issue 10's teacher distillation (selfsup.losses.feature_distillation): student, teacher, queue of teacher rows
+_DISTILL_CASES: list[Case] = [
+    Case("queue_distillation_loss", losses.queue_distillation_loss,
+         lambda g: (*_pair(g), F.normalize(_emb(g, K), dim=1))),
+    Case("cosine_distillation_loss", losses.cosine_distillation_loss, _pair),
+]
+
 CASES: list[Case] = [
     Case("nt_xent", lambda a, b: nt_xent(a, b, 0.1), _pair),
     Case("info_nce", lambda q, k, n: info_nce(q, k, n, 0.1), lambda g: (*_pair(g), _emb(g, K))),
@@ -217,6 +224,7 @@ CASES: list[Case] = [
     Case("spherical_kmeans", lambda x, c: spherical_kmeans(x, c, n_iters=3), lambda g: (_unit(g, N), _unit(g, 5))),
     *_MIM_CASES,
     *_CATALOGUE_CASES,
+    *_DISTILL_CASES,
 ]
 
 
