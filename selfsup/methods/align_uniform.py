@@ -17,7 +17,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import align_uniform_loss
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import MethodConfig, ProjectedPairMethod
 from selfsup.nets import mlp
 
 
@@ -29,7 +29,7 @@ class AlignUniformConfig(MethodConfig):
     t: float = Field(2.0, gt=0, description="Gaussian-potential scale of the uniformity term")
 
 
-class AlignUniform(Method):
+class AlignUniform(ProjectedPairMethod):
     Config = AlignUniformConfig
     default_views = "simclr"
     accumulation = "exact"  # uniformity over all pairs of the batch: gradient caching
@@ -37,10 +37,6 @@ class AlignUniform(Method):
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: AlignUniformConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
-
-    def embed(self, views):
-        h = encode_views(self.backbone, views[:2])
-        return h[0], [self.projector(x) for x in h]
 
     def objective(self, z, labels=None):
         return {"loss": align_uniform_loss(z[0], z[1], self.cfg.lambda_, self.cfg.alpha, self.cfg.t)}

@@ -18,7 +18,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses.correlation import barlow_twins_loss
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import MethodConfig, ProjectedPairMethod
 from selfsup.nets import mlp
 
 
@@ -30,7 +30,7 @@ class BarlowTwinsConfig(MethodConfig):
                                  "weights (paper: 0.0048 / 0.2)")
 
 
-class BarlowTwins(Method):
+class BarlowTwins(ProjectedPairMethod):
     Config = BarlowTwinsConfig
     default_views = "byol"
     accumulation = "exact"  # the batch's cross-correlation matrix: gradient caching
@@ -38,10 +38,6 @@ class BarlowTwins(Method):
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: BarlowTwinsConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector, last_bias=False)
-
-    def embed(self, views):
-        h = encode_views(self.backbone, views[:2])
-        return h[0], [self.projector(x) for x in h]
 
     def objective(self, z, labels=None):
         return {"loss": barlow_twins_loss(z[0], z[1], self.cfg.lambda_)}

@@ -212,3 +212,15 @@ class Method(nn.Module):
                 continue
             (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
         return [{"params": decay}, {"params": no_decay, "no_decay": True}]
+
+
+class ProjectedPairMethod(Method):
+    """A method whose loss sees ``self.projector`` of the first two views (SimCLR, VICReg, Barlow Twins,
+    DCL, ...): :meth:`embed` is shared, each subclass builds its projector and writes :meth:`objective`."""
+
+    projector: nn.Module
+
+    def embed(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = encode_views(self.backbone, views[:2])
+        return h[0], [self.projector(x) for x in h]
+

@@ -18,7 +18,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import dcl
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import MethodConfig, ProjectedPairMethod
 from selfsup.nets import mlp
 
 
@@ -33,7 +33,7 @@ class DCLWConfig(DCLConfig):
     sigma: float = Field(0.5, gt=0, description="von Mises-Fisher weighting temperature")
 
 
-class DCL(Method):
+class DCL(ProjectedPairMethod):
     Config = DCLConfig
     default_views = "simclr"
     accumulation = "exact"  # in-batch negatives: gradient caching
@@ -41,10 +41,6 @@ class DCL(Method):
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: DCLConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
-
-    def embed(self, views):
-        h = encode_views(self.backbone, views[:2])
-        return h[0], [self.projector(x) for x in h]
 
     def objective(self, z, labels=None):
         return {"loss": dcl(z[0], z[1], self.cfg.temperature, getattr(self.cfg, "sigma", None))}

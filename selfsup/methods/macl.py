@@ -15,7 +15,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import macl_loss
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import MethodConfig, ProjectedPairMethod
 from selfsup.nets import mlp
 
 
@@ -27,7 +27,7 @@ class MACLConfig(MethodConfig):
     a0: float = Field(0.0, ge=0, le=1, description="the alignment A_0 at which the temperature is tau_0")
 
 
-class MACL(Method):
+class MACL(ProjectedPairMethod):
     Config = MACLConfig
     default_views = "simclr"
     accumulation = "exact"  # NT-Xent over the whole batch, alignment of the whole batch: gradient caching
@@ -35,10 +35,6 @@ class MACL(Method):
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MACLConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
-
-    def embed(self, views):
-        h = encode_views(self.backbone, views[:2])
-        return h[0], [self.projector(x) for x in h]
 
     def objective(self, z, labels=None):
         return {"loss": macl_loss(z[0], z[1], self.cfg.temperature, self.cfg.alpha, self.cfg.a0)}

@@ -13,7 +13,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import nt_xent
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import MethodConfig, ProjectedPairMethod
 from selfsup.nets import mlp
 
 
@@ -23,7 +23,7 @@ class SimCLRConfig(MethodConfig):
     projector: str = Field("2048-128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
 
 
-class SimCLR(Method):
+class SimCLR(ProjectedPairMethod):
     Config = SimCLRConfig
     default_views = "simclr"
     accumulation = "exact"  # NT-Xent needs every negative: gradient caching (Gao et al., 2021)
@@ -31,10 +31,6 @@ class SimCLR(Method):
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SimCLRConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
-
-    def embed(self, views):
-        h = encode_views(self.backbone, views[:2])
-        return h[0], [self.projector(x) for x in h]
 
     def objective(self, z, labels=None):
         return {"loss": nt_xent(z[0], z[1], self.cfg.temperature)}

@@ -20,7 +20,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import iter_norm, vibcreg_loss
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import MethodConfig, ProjectedPairMethod
 from selfsup.nets import mlp
 
 
@@ -35,7 +35,7 @@ class VIbCRegConfig(MethodConfig):
     iternorm_iterations: int = Field(5, gt=0, le=10, description="IterNorm Newton iterations")
 
 
-class VIbCReg(Method):
+class VIbCReg(ProjectedPairMethod):
     Config = VIbCRegConfig
     default_views = "byol"
     accumulation = "exact"  # IterNorm and the variance/covariance terms use the whole batch: gradient caching
@@ -43,10 +43,6 @@ class VIbCReg(Method):
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: VIbCRegConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
-
-    def embed(self, views):
-        h = encode_views(self.backbone, views[:2])
-        return h[0], [self.projector(x) for x in h]
 
     def objective(self, z, labels=None):
         if self.cfg.iternorm:

@@ -12,7 +12,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import vicreg_terms
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import MethodConfig, ProjectedPairMethod
 from selfsup.nets import mlp
 
 
@@ -25,7 +25,7 @@ class VICRegConfig(MethodConfig):
     gamma: float = Field(1.0, gt=0, description="target standard deviation")
 
 
-class VICReg(Method):
+class VICReg(ProjectedPairMethod):
     Config = VICRegConfig
     default_views = "byol"
     accumulation = "exact"  # variance and covariance of the whole batch: gradient caching
@@ -33,10 +33,6 @@ class VICReg(Method):
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: VICRegConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
-
-    def embed(self, views):
-        h = encode_views(self.backbone, views[:2])
-        return h[0], [self.projector(x) for x in h]
 
     def objective(self, z, labels=None):
         inv, var, cov = vicreg_terms(z[0], z[1], gamma=self.cfg.gamma)
