@@ -17,7 +17,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import align_uniform_loss
-from selfsup.methods.base import MethodConfig, ProjectedPairMethod
+from selfsup.methods.base import MethodConfig, ProjectedViewsMethod
 from selfsup.nets import mlp
 
 
@@ -29,7 +29,7 @@ class AlignUniformConfig(MethodConfig):
     t: float = Field(2.0, gt=0, description="Gaussian-potential scale of the uniformity term")
 
 
-class AlignUniform(ProjectedPairMethod):
+class AlignUniform(ProjectedViewsMethod):
     Config = AlignUniformConfig
     default_views = "simclr"
     accumulation = "exact"  # uniformity over all pairs of the batch: gradient caching

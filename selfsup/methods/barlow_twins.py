@@ -18,7 +18,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses.correlation import barlow_twins_loss
-from selfsup.methods.base import MethodConfig, ProjectedPairMethod
+from selfsup.methods.base import MethodConfig, ProjectedViewsMethod
 from selfsup.nets import mlp
 
 
@@ -30,7 +30,7 @@ class BarlowTwinsConfig(MethodConfig):
                                  "weights (paper: 0.0048 / 0.2)")
 
 
-class BarlowTwins(ProjectedPairMethod):
+class BarlowTwins(ProjectedViewsMethod):
     Config = BarlowTwinsConfig
     default_views = "byol"
     accumulation = "exact"  # the batch's cross-correlation matrix: gradient caching

@@ -214,13 +214,14 @@ class Method(nn.Module):
         return [{"params": decay}, {"params": no_decay, "no_decay": True}]
 
 
-class ProjectedPairMethod(Method):
-    """A method whose loss sees ``self.projector`` of the first two views (SimCLR, VICReg, Barlow Twins,
-    DCL, ...): :meth:`embed` is shared, each subclass builds its projector and writes :meth:`objective`."""
+class ProjectedViewsMethod(Method):
+    """A method whose loss sees ``self.projector`` of its views (SimCLR, VICReg, Barlow Twins, DCL, FroSSL,
+    EMP-SSL, ...): :meth:`embed` is shared, each subclass builds its projector and writes :meth:`objective`."""
 
     projector: nn.Module
+    #: how many views are embedded: the first two (None: all of them, e.g. FroSSL's and EMP-SSL's)
+    embedded_views: ClassVar[int | None] = 2
 
     def embed(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        h = encode_views(self.backbone, views[:2])
+        h = encode_views(self.backbone, views[:self.embedded_views])
         return h[0], [self.projector(x) for x in h]
-

@@ -18,7 +18,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import dcl
-from selfsup.methods.base import MethodConfig, ProjectedPairMethod
+from selfsup.methods.base import MethodConfig, ProjectedViewsMethod
 from selfsup.nets import mlp
 
 
@@ -33,7 +33,7 @@ class DCLWConfig(DCLConfig):
     sigma: float = Field(0.5, gt=0, description="von Mises-Fisher weighting temperature")
 
 
-class DCL(ProjectedPairMethod):
+class DCL(ProjectedViewsMethod):
     Config = DCLConfig
     default_views = "simclr"
     accumulation = "exact"  # in-batch negatives: gradient caching

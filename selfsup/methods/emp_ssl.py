@@ -20,7 +20,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import emp_ssl_loss
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import MethodConfig, ProjectedViewsMethod
 from selfsup.nets import mlp
 
 
@@ -33,18 +33,15 @@ class EMPSSLConfig(MethodConfig):
                                                      "code: eps (official code, lightly)")
 
 
-class EMPSSL(Method):
+class EMPSSL(ProjectedViewsMethod):
     Config = EMPSSLConfig
     default_views = "mocov2"  # the recipes set n_views (patches) and the patch transform
     accumulation = "exact"  # the coding rate is a log-determinant of the batch: gradient caching
+    embedded_views = None  # every view
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: EMPSSLConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
-
-    def embed(self, views):
-        h = encode_views(self.backbone, views)
-        return h[0], [self.projector(x) for x in h]
 
     def objective(self, z, labels=None):
         return {"loss": emp_ssl_loss(z, self.cfg.lambda_, self.cfg.eps, self.cfg.eps_convention)}

@@ -16,7 +16,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import frossl_loss
-from selfsup.methods.base import Method, MethodConfig, encode_views
+from selfsup.methods.base import MethodConfig, ProjectedViewsMethod
 from selfsup.nets import mlp
 
 
@@ -26,18 +26,15 @@ class FroSSLConfig(MethodConfig):
     invariance_weight: float = Field(1.0, ge=0, description="weight of the distance to the mean view")
 
 
-class FroSSL(Method):
+class FroSSL(ProjectedViewsMethod):
     Config = FroSSLConfig
     default_views = "simclr"
     accumulation = "exact"  # batch covariances of every view: gradient caching
+    embedded_views = None  # every view
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: FroSSLConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
         self.projector = mlp(feat_dim, cfg.projector)
-
-    def embed(self, views):
-        h = encode_views(self.backbone, views)
-        return h[0], [self.projector(x) for x in h]
 
     def objective(self, z, labels=None):
         return {"loss": frossl_loss(z, self.cfg.invariance_weight)}

@@ -15,7 +15,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import macl_loss
-from selfsup.methods.base import MethodConfig, ProjectedPairMethod
+from selfsup.methods.base import MethodConfig, ProjectedViewsMethod
 from selfsup.nets import mlp
 
 
@@ -27,7 +27,7 @@ class MACLConfig(MethodConfig):
     a0: float = Field(0.0, ge=0, le=1, description="the alignment A_0 at which the temperature is tau_0")
 
 
-class MACL(ProjectedPairMethod):
+class MACL(ProjectedViewsMethod):
     Config = MACLConfig
     default_views = "simclr"
     accumulation = "exact"  # NT-Xent over the whole batch, alignment of the whole batch: gradient caching

@@ -13,7 +13,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import nt_xent
-from selfsup.methods.base import MethodConfig, ProjectedPairMethod
+from selfsup.methods.base import MethodConfig, ProjectedViewsMethod
 from selfsup.nets import mlp
 
 
@@ -23,7 +23,7 @@ class SimCLRConfig(MethodConfig):
     projector: str = Field("2048-128", description="projection head widths, hidden-...-output (selfsup.nets.mlp)")
 
 
-class SimCLR(ProjectedPairMethod):
+class SimCLR(ProjectedViewsMethod):
     Config = SimCLRConfig
     default_views = "simclr"
     accumulation = "exact"  # NT-Xent needs every negative: gradient caching (Gao et al., 2021)

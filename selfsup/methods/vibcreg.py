@@ -20,7 +20,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import iter_norm, vibcreg_loss
-from selfsup.methods.base import MethodConfig, ProjectedPairMethod
+from selfsup.methods.base import MethodConfig, ProjectedViewsMethod
 from selfsup.nets import mlp
 
 
@@ -35,7 +35,7 @@ class VIbCRegConfig(MethodConfig):
     iternorm_iterations: int = Field(5, gt=0, le=10, description="IterNorm Newton iterations")
 
 
-class VIbCReg(ProjectedPairMethod):
+class VIbCReg(ProjectedViewsMethod):
     Config = VIbCRegConfig
     default_views = "byol"
     accumulation = "exact"  # IterNorm and the variance/covariance terms use the whole batch: gradient caching

@@ -12,7 +12,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from selfsup.losses import vicreg_terms
-from selfsup.methods.base import MethodConfig, ProjectedPairMethod
+from selfsup.methods.base import MethodConfig, ProjectedViewsMethod
 from selfsup.nets import mlp
 
 
@@ -25,7 +25,7 @@ class VICRegConfig(MethodConfig):
     gamma: float = Field(1.0, gt=0, description="target standard deviation")
 
 
-class VICReg(ProjectedPairMethod):
+class VICReg(ProjectedViewsMethod):
     Config = VICRegConfig
     default_views = "byol"
     accumulation = "exact"  # variance and covariance of the whole batch: gradient caching
