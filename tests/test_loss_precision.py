@@ -169,6 +169,16 @@ _DISTILL_CASES: list[Case] = [
     Case("cosine_distillation_loss", losses.cosine_distillation_loss, _pair),
 ]
 
+# issue 11's instance discrimination (selfsup.losses.instance): features, bank rows [B, 1 + K, D], targets
+_INSTANCE_CASES: list[Case] = [
+    Case("nce_normalizer", lambda f, r: losses.nce_normalizer(f, r, K, 0.07),
+         lambda g: (_emb(g), F.normalize(torch.randn(N, 5, D, generator=g), dim=2))),
+    Case("npid_nce_loss", lambda f, r: losses.npid_nce_loss(f, r, 2.0 * K, K, 0.07),
+         lambda g: (_emb(g), F.normalize(torch.randn(N, 5, D, generator=g), dim=2))),
+    Case("npid_softmax_loss", lambda f, b, t: losses.npid_softmax_loss(f, b, t, 0.07),
+         lambda g: (_emb(g), _unit(g, K), torch.randint(0, K, (N,), generator=g))),
+]
+
 CASES: list[Case] = [
     Case("nt_xent", lambda a, b: nt_xent(a, b, 0.1), _pair),
     Case("info_nce", lambda q, k, n: info_nce(q, k, n, 0.1), lambda g: (*_pair(g), _emb(g, K))),
@@ -225,6 +235,7 @@ CASES: list[Case] = [
     *_MIM_CASES,
     *_CATALOGUE_CASES,
     *_DISTILL_CASES,
+    *_INSTANCE_CASES,
 ]
 
 

@@ -45,3 +45,6 @@ __all__ += ["mmcr_loss", "total_coding_rate", "emp_ssl_loss", "frossl_loss", "ra
 from selfsup.losses.feature_distillation import cosine_distillation_loss, queue_distillation_loss
 
 __all__ += ["queue_distillation_loss", "cosine_distillation_loss"]
+from selfsup.losses.instance import nce_normalizer, npid_nce_loss, npid_softmax_loss
+
+__all__ += ["nce_normalizer", "npid_nce_loss", "npid_softmax_loss"]

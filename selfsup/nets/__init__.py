@@ -11,3 +11,6 @@ __all__ = ["SmallCNN", "build_backbone", "feature_dim", "resnet", "torchvision_r
            "mlp", "online_probe", "out_dim", "parse_spec", "MemoryBank"]
 __all__ += ["DINOHead"]
 __all__ += ["Prototypes"]
+from selfsup.nets.instance_bank import InstanceBank
+
+__all__ += ["InstanceBank"]
