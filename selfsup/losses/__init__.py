@@ -48,3 +48,8 @@ __all__ += ["queue_distillation_loss", "cosine_distillation_loss"]
 from selfsup.losses.instance import nce_normalizer, npid_nce_loss, npid_softmax_loss
 
 __all__ += ["nce_normalizer", "npid_nce_loss", "npid_softmax_loss"]
+from selfsup.losses.dense import (cell_centres, densecl_loss, detcon_loss, mask_pool, match_by_similarity,
+                                  nearest_pairs, vicregl_loss)
+
+__all__ += ["densecl_loss", "vicregl_loss", "detcon_loss", "cell_centres", "match_by_similarity", "nearest_pairs",
+            "mask_pool"]

@@ -39,8 +39,15 @@ from selfsup.methods.directclr import DirectCLR, DirectCLRConfig
 from selfsup.methods.align_uniform import AlignUniform, AlignUniformConfig
 from selfsup.methods.macl import MACL, MACLConfig
 
+from selfsup.methods.densecl import DenseCL, DenseCLConfig
+from selfsup.methods.vicregl import VICRegL, VICRegLConfig
+from selfsup.methods.detcon import DetCon, DetConConfig
+
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
+    "densecl": DenseCL,
+    "vicregl": VICRegL,
+    "detcon": DetCon,
     "byol": BYOL,
     "vicreg": VICReg,
     "simsiam": SimSiam,
@@ -97,3 +104,4 @@ __all__ += ["Distill", "DistillConfig"]
 __all__ += ["TiCo", "TiCoConfig", "MMCR", "MMCRConfig", "VIbCReg", "VIbCRegConfig", "FroSSL", "FroSSLConfig",
             "LeJEPA", "LeJEPAConfig", "EMPSSL", "EMPSSLConfig", "DirectCLR", "DirectCLRConfig", "AlignUniform",
             "AlignUniformConfig", "MACL", "MACLConfig"]
+__all__ += ["DenseCL", "DenseCLConfig", "VICRegL", "VICRegLConfig", "DetCon", "DetConConfig"]
