@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from selfsup.data.imagefolder import DEFAULT_IMAGEFOLDER_SIZE
 from selfsup.eval.evaluate import EVAL_PROTOCOLS
 from selfsup.methods import METHODS
-from selfsup.methods.base import accumulation_problem
+from selfsup.methods.base import accumulation_problem, regularizer_problem
 from selfsup.nets.backbones import check_backbone_name, is_vit_name
 from selfsup.nets.vit import VIT_FEATURES
 from selfsup.schema import Section
@@ -252,7 +252,8 @@ class Recipe(Section):
         bad = [f for f in [*(self.eval.features or []), self.eval.finetune_features] if f and f not in VIT_FEATURES]
         if bad:
             raise ValueError(f"eval.features: unknown readout {bad[0]!r}; choose from {', '.join(VIT_FEATURES)}")
-        problem = accumulation_problem(METHODS[self.method.name], self.train.accumulate, self.data.batch_size)
+        problem = accumulation_problem(METHODS[self.method.name], self.train.accumulate, self.data.batch_size) \
+            or regularizer_problem(METHODS[self.method.name], self.method, self.train.accumulate)
         if problem:
             raise ValueError(problem)
         if self.eval.encoder == "teacher" and METHODS[self.method.name].teacher_attr is None:

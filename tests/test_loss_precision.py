@@ -44,6 +44,7 @@ NOT_LOSSES = {
     "patchify": "pure reshape (keeps the dtype)", "unpatchify": "pure reshape (keeps the dtype)",
     "power_law_prior": "a constant prior, no inputs",
     "random_slices": "random directions drawn in float64 from a generator, no inputs",
+    "slot_position_encoding": "a constant sinusoidal encoding, no inputs",
 }
 # Names exercised through another name's cases.
 COVERED_BY = {"UNIFIED_PRESETS": "unified_contrastive", "unified_preset": "unified_contrastive",
@@ -179,6 +180,21 @@ _INSTANCE_CASES: list[Case] = [
          lambda g: (_emb(g), _unit(g, K), torch.randint(0, K, (N,), generator=g))),
 ]
 
+def _all4one(*x: torch.Tensor) -> tuple:
+    pairs = [tuple(x[i:i + 2]) for i in range(0, 12, 2)]
+    return tuple(losses.all4one_loss(*pairs).values())
+
+
+# issue 11's SMoG and All4One (selfsup.losses.{grouping,neighbor_sets})
+_JOINT_B_CASES: list[Case] = [
+    Case("smog_assign", losses.smog_assign, lambda g: (_emb(g), _emb(g, 5))),
+    Case("smog_group_update", lambda z, c: losses.smog_group_update(z, c, 0.9), lambda g: (_emb(g), _emb(g, 5))),
+    Case("smog_loss", lambda p, z, t, c: losses.smog_loss(p, z, t, c, 0.9, 0.1),
+         lambda g: (*_pair(g), _emb(g), _emb(g, 5))),
+    Case("feature_contrast", losses.feature_contrast, lambda g: (*_pair(g), *_pair(g))),
+    Case("all4one_loss", _all4one, lambda g: tuple(_emb(g) for _ in range(12))),
+]
+
 CASES: list[Case] = [
     Case("nt_xent", lambda a, b: nt_xent(a, b, 0.1), _pair),
     Case("info_nce", lambda q, k, n: info_nce(q, k, n, 0.1), lambda g: (*_pair(g), _emb(g, K))),
@@ -236,6 +252,7 @@ CASES: list[Case] = [
     *_CATALOGUE_CASES,
     *_DISTILL_CASES,
     *_INSTANCE_CASES,
+    *_JOINT_B_CASES,
 ]
 
 

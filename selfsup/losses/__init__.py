@@ -53,3 +53,8 @@ from selfsup.losses.dense import (cell_centres, densecl_loss, detcon_loss, mask_
 
 __all__ += ["densecl_loss", "vicregl_loss", "detcon_loss", "cell_centres", "match_by_similarity", "nearest_pairs",
             "mask_pool"]
+from selfsup.losses.grouping import smog_assign, smog_group_update, smog_loss
+from selfsup.losses.neighbor_sets import all4one_loss, feature_contrast, slot_position_encoding
+
+__all__ += ["smog_assign", "smog_group_update", "smog_loss", "all4one_loss", "feature_contrast",
+            "slot_position_encoding"]

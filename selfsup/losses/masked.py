@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.losses.clustering import _all_reduce_max, sinkhorn_knopp
-from selfsup.losses.distributed import all_reduce_sum, gather, is_distributed
+from selfsup.losses.distributed import all_reduce_sum, gather, is_distributed, local_offset
 from selfsup.losses.precision import fp32_loss
 
 # --------------------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def sinkhorn_teacher(teacher_logits: torch.Tensor, temp: float, n_iters: int = 3
 
 
 @fp32_loss
-def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8, distributed: bool = False) -> torch.Tensor:
     r"""KoLeo regulariser (Sablayrolles et al., 2019, "Spreading vectors for similarity search", Eq. (5);
     DINOv2, Oquab et al., 2024, Section 4): on L2-normalised rows :math:`\hat x_i`,
 
@@ -264,6 +264,9 @@ def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     **Per process, no gather**: this is DINOv2's behaviour (``KoLeoLoss`` on each GPU's student CLS
     tokens, separately per global crop, so call it once per crop). Under DDP each rank's value is the
     loss of its own shard, not of the global batch, and the nearest neighbour is searched only there.
+    ``distributed=True`` instead searches each local row's neighbour in the gathered global batch (with
+    gradient), so the mean over ranks equals the single-process loss on the global batch (the
+    any-method regulariser, :mod:`selfsup.methods.regularizers`, uses this).
 
     **Duplicate guard**: exact duplicates have :math:`\rho_i = 0`, whose gradient direction is undefined
     (and with DINOv2's ``PairwiseDistance(eps)`` it is ~1/eps large). Here the distance is
@@ -274,11 +277,14 @@ def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     if x.dim() != 2 or x.shape[0] < 2:
         raise ValueError(f"koleo_loss expects [n >= 2, D] inputs, got shape {tuple(x.shape)}")
     xn = F.normalize(x, dim=-1, eps=eps)
+    pool = gather(xn) if distributed else xn
+    off = local_offset(xn.shape[0]) if distributed else 0
     with torch.no_grad():
-        dots = xn @ xn.T
-        dots.fill_diagonal_(-math.inf)
+        dots = xn @ pool.T
+        rows = torch.arange(xn.shape[0], device=xn.device)
+        dots[rows, rows + off] = -math.inf
         nn_idx = dots.argmax(1)
-    sq = (xn - xn[nn_idx]).pow(2).sum(-1)
+    sq = (xn - pool[nn_idx]).pow(2).sum(-1)
     rho = sq.clamp_min(eps * eps).sqrt()
     return -torch.log(rho + eps).mean()
 

@@ -38,6 +38,9 @@ from selfsup.methods.emp_ssl import EMPSSL, EMPSSLConfig
 from selfsup.methods.directclr import DirectCLR, DirectCLRConfig
 from selfsup.methods.align_uniform import AlignUniform, AlignUniformConfig
 from selfsup.methods.macl import MACL, MACLConfig
+from selfsup.methods.smog import SMoG, SMoGConfig
+from selfsup.methods.all4one import All4One, All4OneConfig
+from selfsup.methods.visreg import VISReg, VISRegConfig
 
 from selfsup.methods.densecl import DenseCL, DenseCLConfig
 from selfsup.methods.vicregl import VICRegL, VICRegLConfig
@@ -86,6 +89,9 @@ METHODS: dict[str, type[Method]] = {
     "directclr": DirectCLR,
     "align_uniform": AlignUniform,
     "macl": MACL,
+    "smog": SMoG,
+    "all4one": All4One,
+    "visreg": VISReg,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig", "encode_views", "n_global_views", "SimCLR", "SimCLRConfig", "BYOL", "BYOLConfig",
@@ -105,3 +111,4 @@ __all__ += ["TiCo", "TiCoConfig", "MMCR", "MMCRConfig", "VIbCReg", "VIbCRegConfi
             "LeJEPA", "LeJEPAConfig", "EMPSSL", "EMPSSLConfig", "DirectCLR", "DirectCLRConfig", "AlignUniform",
             "AlignUniformConfig", "MACL", "MACLConfig"]
 __all__ += ["DenseCL", "DenseCLConfig", "VICRegL", "VICRegLConfig", "DetCon", "DetConConfig"]
+__all__ += ["SMoG", "SMoGConfig", "All4One", "All4OneConfig", "VISReg", "VISRegConfig"]

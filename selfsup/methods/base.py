@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 
+from selfsup.methods.regularizers import RegularizersConfig, add_regularizers
 from selfsup.schema import Section
 
 if TYPE_CHECKING:
@@ -26,6 +28,9 @@ class MethodConfig(Section):
     """Hyperparameters of one method; subclasses fix ``name`` to a literal."""
 
     name: str
+    regularizers: RegularizersConfig = Field(default_factory=RegularizersConfig,
+                                             description="KoLeo / CO2 added to this method's loss on its live view "
+                                                         "embeddings (selfsup.methods.regularizers); 0: off")
 
 
 def encode_views(encoder: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -85,6 +90,20 @@ def accumulation_problem(method: "type[Method] | Method", k: int, batch_size: in
     return None
 
 
+def regularizer_problem(method: "type[Method]", cfg: MethodConfig, k: int = 1) -> str | None:
+    """The one-line problem with ``cfg.regularizers`` for this method class and ``train.accumulate=k``, or None."""
+    regs = getattr(cfg, "regularizers", None)
+    if regs is None or not regs.active():
+        return None
+    if not method.supports_regularizers():
+        return (f"method.regularizers: {cfg.name} does not expose its live view embeddings (Method.regularize), so "
+                f"KoLeo/CO2 cannot be added to it; set method.regularizers.koleo=0 and co2=0")
+    if k > 1 and method.accumulation != "exact":
+        return (f"method.regularizers with train.accumulate={k}: {cfg.name} accumulates micro-batches separately, "
+                f"which would regularise each micro-batch alone; set train.accumulate=1")
+    return None
+
+
 class Method(nn.Module):
     """Base class: subclasses define ``Config``, ``__init__`` and ``forward``."""
 
@@ -116,6 +135,17 @@ class Method(nn.Module):
     #: why ``accumulate > 1`` is refused (``accumulation = None``), for the one-line error
     no_accumulation_reason: ClassVar[str] = ("it declares no accumulation mode (Method.accumulation): its loss and "
                                              "updates are not known to split into micro-batches exactly")
+    #: set by a class whose own ``forward`` passes its live view embeddings through :meth:`regularize`
+    #: (the embed/objective methods always do, in :meth:`regularized_objective`)
+    regularizable: ClassVar[bool] = False
+
+    @classmethod
+    def supports_regularizers(cls) -> bool:
+        """Whether ``method.regularizers`` (KoLeo, CO2) can be added to this method's loss: the class that
+        defines the ``forward`` in use is :class:`Method` or declares ``regularizable = True`` itself (a
+        subclass overriding ``forward`` must opt in again)."""
+        owner = next(k for k in cls.__mro__ if "forward" in vars(k))
+        return owner is Method or bool(vars(owner).get("regularizable", False))
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MethodConfig, epochs: int = 100) -> None:
         super().__init__()
@@ -123,6 +153,9 @@ class Method(nn.Module):
         self.feat_dim = feat_dim
         self.cfg = cfg
         self.epochs = epochs
+        problem = regularizer_problem(type(self), cfg)
+        if problem:
+            raise ValueError(problem)
 
     def forward(self, views: list[torch.Tensor], progress: float = 0.0,
                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -130,7 +163,18 @@ class Method(nn.Module):
         (the embeddings the loss sees for view 0, detached) for logging and the online probe.
         The default is ``objective(embed(views))``, for methods split that way (``accumulation = "exact"``)."""
         feats, z = self.embed(views)
-        return {**self.objective(z, labels), "feats": feats.detach(), "emb": z[0].detach()}
+        return {**self.regularized_objective(z, labels), "feats": feats.detach(), "emb": z[0].detach()}
+
+    def regularized_objective(self, z: list[torch.Tensor], labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`objective` plus ``method.regularizers`` on the same embeddings (what the trainer and
+        gradient caching call)."""
+        return self.regularize(self.objective(z, labels), z)
+
+    def regularize(self, out: dict[str, torch.Tensor], z: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``out`` with ``method.regularizers`` (KoLeo, CO2) added to its ``loss``, on the live (not detached)
+        per-view embeddings ``z`` the loss saw (:mod:`selfsup.methods.regularizers`); ``out`` unchanged when
+        they are off. A ``forward`` of its own calls this and sets ``regularizable = True``."""
+        return add_regularizers(self.cfg.regularizers, out, z)
 
     def embed(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The network half of an exactly accumulated method: ``(backbone features of view 0, the embeddings
@@ -148,6 +192,13 @@ class Method(nn.Module):
         (seeded by the trainer from seed, epoch and step, in the main process, for streamed and in-RAM data
         alike): a tuple of bool ``[batch, N]`` tensors whose rows the trainer splits between processes and
         passes to ``forward`` as ``masks=``. None (the default): the method uses no masks."""
+        return None
+
+    @classmethod
+    def image_size_problem(cls, cfg: MethodConfig, image_size: int | None) -> str | None:
+        """The one-line problem (naming the fix) when ``cfg`` cannot work on ``image_size``-px views (e.g. jigsaw
+        tiles too small to crop), checked when the recipe loads (``image_size`` None: the data's native size, not
+        known yet); None (the default): any size."""
         return None
 
     @torch.no_grad()

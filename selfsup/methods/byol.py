@@ -29,6 +29,7 @@ class BYOL(Method):
     accumulation = "plain"  # per-image regression to the EMA target (updated in after_step)
     default_views = "byol"
     teacher_attr = "teacher"  # evaluated: the online encoder f_theta (Sec. 3.1, "we only keep the encoder")
+    regularizable = True  # method.regularizers act on the online projections
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: BYOLConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
@@ -38,11 +39,12 @@ class BYOL(Method):
 
     def forward(self, views, progress=0.0, labels=None):
         h = encode_views(self.backbone, views[:2])
-        p = [self.predictor(self.projector(x)) for x in h]
+        online = [self.projector(x) for x in h]
+        p = [self.predictor(x) for x in online]
         with torch.no_grad():
             z = encode_views(self.teacher, views[:2])
         loss = byol_loss(p[0], z[1]) + byol_loss(p[1], z[0])
-        return {"loss": loss, "feats": h[0].detach(), "emb": p[0].detach()}
+        return self.regularize({"loss": loss, "feats": h[0].detach(), "emb": p[0].detach()}, online)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:

@@ -39,6 +39,7 @@ class MoCoV3(Method):
     no_accumulation_reason = "its InfoNCE uses the whole batch of momentum keys and it has no embed/objective split yet"
     default_views = "byol"
     teacher_attr = "momentum_encoder"  # evaluated: the base encoder (official main_lincls.py)
+    regularizable = True  # method.regularizers act on the queries q
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MoCoV3Config, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
@@ -52,7 +53,7 @@ class MoCoV3(Method):
         with torch.no_grad():
             k = encode_views(self.momentum_encoder, views[:2])
         loss = moco_v3_loss(q[0], q[1], k[0], k[1], self.cfg.temperature)
-        return {"loss": loss, "feats": h[0].detach(), "emb": q[0].detach()}
+        return self.regularize({"loss": loss, "feats": h[0].detach(), "emb": q[0].detach()}, q)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:

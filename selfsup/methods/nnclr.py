@@ -38,6 +38,7 @@ class NNCLR(Method):
     Config = NNCLRConfig
     no_accumulation_reason = "each step enqueues the support set of its one forward"
     default_views = "byol"
+    regularizable = True  # method.regularizers act on the projections z
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: NNCLRConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
@@ -61,7 +62,7 @@ class NNCLR(Method):
         t = self.cfg.temperature
         loss = (info_nce(nn_[0], p[1], None, t) + info_nce(nn_[1], p[0], None, t)) / 2
         self._pending = (zn[0], labels)
-        return {"loss": loss, "feats": h[0].detach(), "emb": z[0].detach(), **out}
+        return self.regularize({"loss": loss, "feats": h[0].detach(), "emb": z[0].detach(), **out}, z)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:

@@ -38,6 +38,7 @@ class SimSiam(Method):
     Config = SimSiamConfig
     accumulation = "plain"  # per-image negative cosine
     default_views = "mocov2"
+    regularizable = True  # method.regularizers act on the projections z
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SimSiamConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
@@ -49,7 +50,7 @@ class SimSiam(Method):
         z = [self.projector(x) for x in h]
         p = [self.predictor(x) for x in z]
         loss = simsiam_loss(p[0], p[1], z[0], z[1])
-        return {"loss": loss, "feats": h[0].detach(), "emb": z[0].detach()}
+        return self.regularize({"loss": loss, "feats": h[0].detach(), "emb": z[0].detach()}, z)
 
     def param_groups(self) -> list[dict]:
         """Two groups, both with weight decay as in the paper (every parameter is decayed); the

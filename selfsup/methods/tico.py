@@ -37,6 +37,7 @@ class TiCo(Method):
     Config = TiCoConfig
     default_views = "byol"
     teacher_attr = "teacher"  # evaluated: the online encoder
+    regularizable = True  # method.regularizers act on z1, z2 (z2 without gradient behind a momentum encoder)
     no_accumulation_reason = ("its target embeddings come from the momentum encoder without gradient and its running "
                               "covariance moves once per step; there is no embed/objective split")
 
@@ -58,7 +59,7 @@ class TiCo(Method):
             with torch.no_grad():
                 z2 = self.teacher(views[1])
         loss, self._next_cov = tico_loss(z1, z2, self.cov, self.cfg.beta, self.cfg.rho)
-        return {"loss": loss, "feats": h[0].detach(), "emb": z1.detach()}
+        return self.regularize({"loss": loss, "feats": h[0].detach(), "emb": z1.detach()}, [z1, z2])
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:

@@ -111,7 +111,7 @@ def _cached_backward(method: Method, views: list[torch.Tensor], labels: torch.Te
         buf.copy_(saved)
     z_all = [torch.cat(zs).detach().requires_grad_() for zs in zip(*parts)]
     with autocast(precision, device):  # (2) the loss on the whole batch, and d loss / d embeddings
-        out = method.objective(z_all, labels)
+        out = method.regularized_objective(z_all, labels)  # + method.regularizers, on the whole batch
     agree_finite(out["loss"], env, where)
     scaler.scale(out["loss"]).backward()
     grads = [z.grad if z.grad is not None else torch.zeros_like(z) for z in z_all]

@@ -1,0 +1,105 @@
+"""SMoG, synchronous momentum grouping (Pang et al., 2022, "Unsupervised Visual Representation Learning by
+Synchronous Momentum Grouping", ECCV, arXiv 2207.06167): the online network's prediction of one view must
+pick, among K group features, the group of the momentum encoder's projection of the other view
+(:func:`selfsup.losses.smog_loss`); the groups move with momentum beta inside each step, towards the mean
+online projection of their members (:func:`selfsup.losses.smog_group_update`).
+
+As lightly's ``examples/pytorch/smog.py`` and CIFAR-10 benchmark (the paper's text and official code could not
+be opened here): projector 2048-128 ending in BatchNorm, predictor 2048-128, K = 300 groups initialised to
+normalised uniform noise, beta 0.99, tau 0.1, a momentum encoder at 0.99; one direction per step, the views
+swapped on every other step; every ``reset_every`` = 300 steps (the paper's Table 7b, per lightly) the groups
+are re-initialised by k-means of a memory bank of recent online projections and the momentum encoder is reset
+to the online network. The k-means is spherical (selfsup's choice; lightly runs scikit-learn's Euclidean
+k-means and normalises the centres), seeded from the step so every process and a resumed run get the same
+groups. Groups, bank and step are buffers: checkpoints resume exactly; under DDP the group update, the bank
+and the k-means use the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+
+from selfsup.losses import smog_loss, spherical_kmeans
+from selfsup.methods.base import Method, MethodConfig
+from selfsup.nets import EMA, MemoryBank, mlp, out_dim
+
+
+class SMoGConfig(MethodConfig):
+    name: Literal["smog"] = "smog"
+    projector: str = Field("2048-128", description="projection head widths (hidden BN-ReLU, output BatchNorm)")
+    predictor: str = Field("2048-128", description="prediction head widths, hidden-...-output")
+    n_groups: int = Field(300, ge=2, description="number of group features K")
+    beta: float = Field(0.99, ge=0, lt=1, description="momentum of the synchronous group-feature update")
+    temperature: float = Field(0.1, gt=0, description="temperature tau of the group logits")
+    momentum: float = Field(0.99, ge=0, le=1, description="momentum of the momentum encoder (constant)")
+    reset_every: int = Field(300, ge=0, description="steps between k-means resets of the groups and of the "
+                                                    "momentum encoder (0: never)")
+    bank_size: int = Field(10000, gt=0, description="recent online projections kept for the k-means reset")
+    kmeans_iters: int = Field(10, ge=1, description="spherical k-means iterations at each reset")
+
+
+class SMoG(Method):
+    Config = SMoGConfig
+    default_views = "byol"
+    teacher_attr = "teacher"  # evaluated: the online encoder
+    no_accumulation_reason = ("its group features move synchronously inside each step, with the whole batch; "
+                              "there is no embed/objective split")
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SMoGConfig, epochs: int = 100) -> None:
+        super().__init__(backbone, feat_dim, cfg, epochs)
+        if out_dim(cfg.predictor) != out_dim(cfg.projector):
+            raise ValueError(f"smog: predictor '{cfg.predictor}' must end with the projector's width "
+                             f"{out_dim(cfg.projector)}")
+        d = out_dim(cfg.projector)
+        self.projector = mlp(feat_dim, cfg.projector, last_norm=True)
+        self.predictor = mlp(d, cfg.predictor)
+        self.teacher = EMA(nn.Sequential(self.backbone, self.projector))
+        self.register_buffer("groups", F.normalize(torch.rand(cfg.n_groups, d), dim=1))
+        self.register_buffer("kmeans_seed", torch.randint(0, 2**62, (), dtype=torch.int64))
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self.bank = MemoryBank(cfg.bank_size, d)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, views, progress=0.0, labels=None):
+        a, b = (views[1], views[0]) if int(self.step) % 2 else (views[0], views[1])  # lightly swaps every other step
+        h = self.backbone(a)
+        z = self.projector(h)
+        p = self.predictor(z)
+        with torch.no_grad():
+            t = self.teacher(b)
+        loss, groups = smog_loss(p, z, t, self.groups, self.cfg.beta, self.cfg.temperature)
+        self._pending = (groups.detach(), z.detach())
+        return {"loss": loss, "feats": h.detach(), "emb": z.detach()}
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> dict[str, float]:
+        if self._pending is not None:
+            groups, z = self._pending
+            self.groups.copy_(groups)
+            self.bank.enqueue(z)
+            self._pending = None
+        self.step += 1
+        online = nn.Sequential(self.backbone, self.projector)
+        if self.cfg.reset_every and int(self.step) % self.cfg.reset_every == 0:
+            self.reset_groups()
+            self.teacher.update(online, 0.0)  # the momentum encoder restarts from the online network
+            return {"momentum": 0.0, "group_reset": 1.0}
+        self.teacher.update(online, self.cfg.momentum)
+        return {"momentum": self.cfg.momentum}
+
+    @torch.no_grad()
+    def reset_groups(self) -> None:
+        """Groups := spherical k-means centroids of the memory bank, initialised from K bank rows drawn with a
+        generator seeded by ``kmeans_seed`` and the step (the same on every process and on resume)."""
+        x = F.normalize(self.bank.get(), dim=1)
+        if x.shape[0] < self.cfg.n_groups:
+            return
+        g = torch.Generator().manual_seed(int(self.kmeans_seed) ^ int(self.step))
+        init = x[torch.randperm(x.shape[0], generator=g)[: self.cfg.n_groups].to(x.device)]
+        centroids, _ = spherical_kmeans(x, init, self.cfg.kmeans_iters, distributed=False)
+        self.groups.copy_(centroids)
