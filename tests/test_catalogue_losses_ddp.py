@@ -4,7 +4,8 @@ the single-process full-batch ones (ddp_utils.ddp_parity splits every input by r
 MMCR's centroid spectrum, the total coding rate, EMP-SSL, FroSSL's normalisation and covariances, SIGReg's
 characteristic function, LeJEPA, VISReg's statistics and sort, TiCo's running covariance (compared through a
 probe), IterNorm's whitening, VIbCReg, uniformity, DirectCLR's and MACL's negatives and MACL's alignment, CO2's
-in-batch negatives. Inputs with a view axis keep the batch on dim 0 and are rearranged inside each case.
+in-batch negatives, KoLeo's global-batch neighbours (``distributed=True``, the any-method regulariser's), SMoG's group update over the
+global batch, All4One's feature columns and negatives. Inputs with a view axis keep the batch on dim 0 and are rearranged inside each case.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import torch
 
 from ddp_utils import assert_parity, ddp_parity
-from selfsup.losses import (align_uniform_loss, co2_loss, directclr_loss, emp_ssl_loss, frossl_loss, iter_norm,
-                            lejepa_loss, macl_loss, mmcr_loss, random_slices, sigreg, tico_loss, total_coding_rate,
-                            uniformity_loss, vibcreg_loss, visreg_loss)
+from selfsup.losses import (align_uniform_loss, all4one_loss, co2_loss, directclr_loss, emp_ssl_loss,
+                            feature_contrast, frossl_loss, iter_norm, koleo_loss, lejepa_loss, macl_loss, mmcr_loss,
+                            random_slices, sigreg, smog_loss, tico_loss, total_coding_rate, uniformity_loss,
+                            vibcreg_loss, visreg_loss)
 
 D = 4
 SLICES = random_slices(D, 32, torch.Generator().manual_seed(7), torch.float64)
@@ -96,6 +98,26 @@ def co2_case(z1, z2):
     return co2_loss(z1, z2, None, 0.1)
 
 
+def koleo_global_case(x):
+    return koleo_loss(x, distributed=True)
+
+
+GROUPS = torch.randn(3, D, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+
+
+def smog_case(p, z, t):
+    loss, groups = smog_loss(p, z, t, GROUPS, 0.9, 0.2)
+    return loss + (groups * GROUPS).sum()  # the updated groups (global-batch means) through a probe
+
+
+def feature_contrast_case(m1, z1, m2, z2):
+    return feature_contrast(m1, z1, m2, z2)
+
+
+def all4one_case(*x):
+    return all4one_loss(*[tuple(x[i:i + 2]) for i in range(0, 12, 2)])["loss"]
+
+
 def test_catalogue_losses_are_exact_under_ddp():
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
@@ -116,7 +138,11 @@ def test_catalogue_losses_are_exact_under_ddp():
              ("directclr", directclr_case, [r(n, 6), r(n, 6)]),
              ("directclr_ntxent", directclr_ntxent_case, [r(n, 6), r(n, 6)]),
              ("macl", macl_case, [r(n, D), r(n, D)]),
-             ("co2", co2_case, [r(n, D), r(n, D)])]
+             ("co2", co2_case, [r(n, D), r(n, D)]),
+             ("koleo_global", koleo_global_case, [r(n, D)]),
+             ("smog", smog_case, [r(n, D), r(n, D), r(n, D)]),
+             ("feature_contrast", feature_contrast_case, [r(n, D) for _ in range(4)]),
+             ("all4one", all4one_case, [r(n, D) for _ in range(12)])]
     result = ddp_parity(cases)
     assert_parity(result)
     # every case compared a non-zero gradient, and a half batch would not have passed
