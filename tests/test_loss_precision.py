@@ -195,6 +195,14 @@ _JOINT_B_CASES: list[Case] = [
     Case("all4one_loss", _all4one, lambda g: tuple(_emb(g) for _ in range(12))),
 ]
 
+# issue 11's joint-embedding part A (selfsup.losses.{relational,siamese}): embeddings and a queue / support set
+_CATALOGUE_B_CASES: list[Case] = [
+    Case("ressl_loss", losses.ressl_loss, lambda g: (*_pair(g), _emb(g, K))),
+    Case("nn_byol_loss", losses.nn_byol_loss, lambda g: (*_pair(g), *_pair(g), _emb(g, K))),
+    Case("nn_simsiam_loss", losses.nn_simsiam_loss, lambda g: (*_pair(g), *_pair(g), _emb(g, K))),
+    Case("fastsiam_loss", losses.fastsiam_loss, lambda g: ([_emb(g) for _ in range(4)], [_emb(g) for _ in range(4)])),
+]
+
 CASES: list[Case] = [
     Case("nt_xent", lambda a, b: nt_xent(a, b, 0.1), _pair),
     Case("info_nce", lambda q, k, n: info_nce(q, k, n, 0.1), lambda g: (*_pair(g), _emb(g, K))),
@@ -252,6 +260,7 @@ CASES: list[Case] = [
     *_CATALOGUE_CASES,
     *_DISTILL_CASES,
     *_INSTANCE_CASES,
+    *_CATALOGUE_B_CASES,
     *_JOINT_B_CASES,
 ]
 

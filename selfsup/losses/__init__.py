@@ -58,3 +58,7 @@ from selfsup.losses.neighbor_sets import all4one_loss, feature_contrast, slot_po
 
 __all__ += ["smog_assign", "smog_group_update", "smog_loss", "all4one_loss", "feature_contrast",
             "slot_position_encoding"]
+from selfsup.losses.relational import ressl_loss
+from selfsup.losses.siamese import fastsiam_loss, nn_byol_loss, nn_simsiam_loss
+
+__all__ += ["ressl_loss", "nn_byol_loss", "nn_simsiam_loss", "fastsiam_loss"]

@@ -38,6 +38,11 @@ from selfsup.methods.emp_ssl import EMPSSL, EMPSSLConfig
 from selfsup.methods.directclr import DirectCLR, DirectCLRConfig
 from selfsup.methods.align_uniform import AlignUniform, AlignUniformConfig
 from selfsup.methods.macl import MACL, MACLConfig
+from selfsup.methods.mocov1 import MoCoV1, MoCoV1Config
+from selfsup.methods.ressl import ReSSL, ReSSLConfig
+from selfsup.methods.nnbyol import NNBYOL, NNBYOLConfig
+from selfsup.methods.nnsiam import NNSiam, NNSiamConfig
+from selfsup.methods.fastsiam import FastSiam, FastSiamConfig
 from selfsup.methods.smog import SMoG, SMoGConfig
 from selfsup.methods.all4one import All4One, All4OneConfig
 from selfsup.methods.visreg import VISReg, VISRegConfig
@@ -89,6 +94,11 @@ METHODS: dict[str, type[Method]] = {
     "directclr": DirectCLR,
     "align_uniform": AlignUniform,
     "macl": MACL,
+    "mocov1": MoCoV1,
+    "ressl": ReSSL,
+    "nnbyol": NNBYOL,
+    "nnsiam": NNSiam,
+    "fastsiam": FastSiam,
     "smog": SMoG,
     "all4one": All4One,
     "visreg": VISReg,
@@ -112,3 +122,5 @@ __all__ += ["TiCo", "TiCoConfig", "MMCR", "MMCRConfig", "VIbCReg", "VIbCRegConfi
             "AlignUniformConfig", "MACL", "MACLConfig"]
 __all__ += ["DenseCL", "DenseCLConfig", "VICRegL", "VICRegLConfig", "DetCon", "DetConConfig"]
 __all__ += ["SMoG", "SMoGConfig", "All4One", "All4OneConfig", "VISReg", "VISRegConfig"]
+__all__ += ["MoCoV1", "MoCoV1Config", "ReSSL", "ReSSLConfig", "NNBYOL", "NNBYOLConfig", "NNSiam", "NNSiamConfig",
+            "FastSiam", "FastSiamConfig"]

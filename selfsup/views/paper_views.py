@@ -16,8 +16,8 @@ from typing import Any
 from selfsup.views.pipelines import IMAGENET_MEAN, IMAGENET_STD, MultiView, ViewSpec, default_mean_std, \
     local_crop_size, replace_all
 
-__all__ = ["simclr_views", "byol_views", "multicrop_views", "mocov2_views", "msf_views", "swav_multicrop_views",
-           "crop_views", "build_views", "VIEW_KINDS"]
+__all__ = ["simclr_views", "byol_views", "multicrop_views", "mocov2_views", "mocov1_views", "msf_views",
+           "swav_multicrop_views", "crop_views", "build_views", "VIEW_KINDS"]
 
 # ---------------------------------------------------------------------------------------
 # Paper recipes. Crop sizes follow ``image_size``; blur kernels are ~10% of each view's side.
@@ -28,6 +28,8 @@ __all__ = ["simclr_views", "byol_views", "multicrop_views", "mocov2_views", "msf
 _BYOL_JITTER = (0.4, 0.4, 0.2, 0.1, 0.8)
 #: MoCo v2's ``aug_plus`` ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 (= SimCLR's strength 0.5)
 _MOCOV2_JITTER = (0.4, 0.4, 0.4, 0.1, 0.8)
+#: MoCo v1's ColorJitter(0.4, 0.4, 0.4, 0.4), always applied (official main_moco.py without --aug-plus)
+_MOCOV1_JITTER = (0.4, 0.4, 0.4, 0.4, 1.0)
 #: SimCLR's colour distortion at strength 1 (App. A), used by SwAV's multi-crop
 _SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2, 0.8)
 
@@ -158,6 +160,16 @@ def mocov2_views(
     return MultiView([_mocov2_spec(image_size) for _ in range(n_views)], [], mean, std)
 
 
+def mocov1_views(image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> MultiView:
+    """MoCo v1's two symmetric views (He et al. 2020, Sec. 3.3 "Augmentation"; official ``main_moco.py``
+    without ``--aug-plus``): crop scale (0.2, 1), grayscale 0.2, ``ColorJitter(0.4, 0.4, 0.4, 0.4)`` on every
+    image (p 1), flip 0.5, no blur. The official list applies grayscale before the jitter; here, as in every
+    selfsup view, grayscale comes after it."""
+    _check_image_size(image_size)
+    spec = ViewSpec(size=image_size, scale=(0.2, 1.0), jitter=_MOCOV1_JITTER, gray_p=0.2)
+    return MultiView([spec, dataclasses.replace(spec)], [], mean, std)
+
+
 def msf_views(
     image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
     weak_target: bool = True,
@@ -186,13 +198,14 @@ def crop_views(
 
 
 _RECIPES = {"simclr": simclr_views, "byol": byol_views, "multicrop": multicrop_views, "mocov2": mocov2_views,
-            "msf": msf_views, "swav_multicrop": swav_multicrop_views, "crop": crop_views}
+            "mocov1": mocov1_views, "msf": msf_views, "swav_multicrop": swav_multicrop_views, "crop": crop_views}
 _MULTICROP_EXTRAS = {"n_global", "n_local", "global_scale", "local_scale", "local_size"}
 _RECIPE_EXTRAS = {
     "simclr": {"strength"},
     "byol": set(),
     "multicrop": _MULTICROP_EXTRAS,
     "mocov2": {"n_views"},
+    "mocov1": set(),
     "msf": {"weak_target"},
     "swav_multicrop": _MULTICROP_EXTRAS,
     "crop": {"n_views"},
@@ -209,7 +222,7 @@ def build_views(
     **overrides: Any,
 ) -> MultiView:
     """Build a recipe's ``MultiView`` by name, ``kind`` in :data:`VIEW_KINDS`: "simclr" (SimCLR),
-    "byol" (BYOL), "multicrop" (DINO's), "mocov2" (MoCo v2, SimSiam), "msf" (MSF's weak/strong),
+    "byol" (BYOL), "multicrop" (DINO's), "mocov2" (MoCo v2, SimSiam), "mocov1" (MoCo v1), "msf" (MSF's weak/strong),
     "swav_multicrop" (SwAV's, DeepCluster-v2's), "crop" (MAE's crop and flip, no colour).
 
     ``overrides`` are ViewSpec fields applied to every view (e.g. ``scale=(0.2, 1.0)``,
