@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--report", action="store_true", help="also write report.html and report.md")
     e.add_argument("--protocols", nargs="+", default=None, metavar="P",
                    help="override eval.protocols: knn linear mlp lowshot retrieval rankme alpha_req spectrum_auc "
-                        "rank lidar")
+                        "rank lidar image_linear guillotine finetune dense_miou (masks: data.format=digit_scenes)")
 
     x = sub.add_parser("export", help="write the backbone weights alone, for torchvision, timm or safetensors",
                        description="Write the backbone's weights (the encoder evaluation uses) in a format the plain "

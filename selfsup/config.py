@@ -36,8 +36,10 @@ class DataConfig(Section):
     path: str | None = Field(None, description="dataset path: an ImageFolder tree or folder of images, a .csv/.tsv/"
                              ".txt file list, a `selfsup prepare` pack, .tar shards, .npz, IDX or CIFAR; null = the "
                              "built-in digits")
-    format: Literal["auto", "digits", "imagefolder", "filelist", "packed", "shards", "npz", "idx", "cifar"] = Field(
-        "auto", description="dataset format; auto: detected from the path")
+    format: Literal["auto", "digits", "digit_scenes", "imagefolder", "filelist", "packed", "shards", "npz", "idx",
+                    "cifar"] = Field(
+        "auto", description="dataset format; auto: detected from the path; digit_scenes: the built-in digits on "
+        "textured backgrounds with per-pixel masks (for the dense_miou protocol)")
     image_size: int | None = Field(None, gt=0, description=f"output side of the global views (null: the native size "
                                    f"of npz, IDX and CIFAR arrays; 32 for digits; {DEFAULT_IMAGEFOLDER_SIZE} for "
                                    f"image files, whose sizes vary)")
@@ -226,6 +228,9 @@ class EvalConfig(Section):
     linear_wds: list[float] | None = Field(None, description="linear probe weight-decay grid (null: the method's, "
                                            "else 0, 1e-5, 1e-4)")
     batch_size: int = Field(256, gt=0, description="batch of the linear probes")
+    dense_epochs: int = Field(20, gt=0, description="epochs of the linear segmentation probe (protocol dense_miou; "
+                              "DINOv2's linear setting, AdamW lr 1e-3, wd 1e-4, batch 16)")
+    dense_lr: float = Field(1e-3, gt=0, description="dense_miou probe AdamW lr (DINOv2 linear: 1e-3)")
 
 
 MethodUnion = Annotated[Union[tuple(cls.Config for cls in METHODS.values())], Field(discriminator="name")]

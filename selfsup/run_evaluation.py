@@ -1,6 +1,6 @@
 """``selfsup eval RUN_DIR``: frozen-backbone evaluation of a run with the protocols of
 ``eval.protocols`` (kNN, linear/MLP/low-shot probes, retrieval, RankMe, alpha-ReQ, spectrum AUC,
-thresholded rank, LiDAR), plus the online probe's test accuracy; optionally an HTML/Markdown report.
+thresholded rank, LiDAR, the dense linear segmentation probe), plus the online probe's test accuracy; optionally an HTML/Markdown report.
 
 Features are computed in fp32 without augmentation. Without a labelled test split, a seeded,
 stratified 20% of the training set is held out. Without labels, only the label-free metrics run.
@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 
 from selfsup.config import ConfigError, Recipe
-from selfsup.data import DataSplits, ImageArray, load_data_section
+from selfsup.data import DataSplits, ImageArray, SegmentationArray, load_data_section
+from selfsup.data.digit_scenes import IGNORE_INDEX
+from selfsup.eval.dense_probe import dense_linear_probe, frozen_feature_maps
 from selfsup.eval.evaluate import EVAL_PROTOCOLS, FEATURE_PROTOCOLS, LABEL_PROTOCOLS
 from selfsup.eval import (Metric, evaluate, extract_features, finetune, guillotine_probe, lidar,
                           linear_probe_on_images, metrics_from_probe, results_table, stratified_split)
@@ -128,6 +130,8 @@ def evaluate_backbone(backbone: nn.Module, data: DataSplits, recipe: Recipe, met
                        layer_decay=e.finetune_layer_decay, label_smoothing=e.finetune_label_smoothing,
                        mixup_alpha=e.finetune_mixup_alpha, mean=mean, std=std, seed=seed, device=device)
         metrics.append(Metric("fine-tune test acc", res.test_acc, res.protocol))
+    if "dense_miou" in protocols:
+        metrics += dense_metrics(backbone, data, recipe, meta, device)
     if meta.get("probe") is not None and test_y is not None:
         head = online_probe(meta["feat_dim"], n_cls).eval()
         head.load_state_dict(meta["probe"])
@@ -136,6 +140,25 @@ def evaluate_backbone(backbone: nn.Module, data: DataSplits, recipe: Recipe, met
         metrics.append(Metric("online probe test acc", acc, "online linear probe (online: trained during pretraining "
                               "on detached features of augmented views, Adam), evaluated on test features"))
     return metrics, test_f, test_y, note
+
+
+def dense_metrics(backbone: nn.Module, data: DataSplits, recipe: Recipe, meta: dict,
+                  device: torch.device) -> list[Metric]:
+    """Protocol ``dense_miou``: the linear segmentation probe (:mod:`selfsup.eval.dense_probe`) on the
+    backbone's frozen feature map, trained on the train split's masks, reported on the test split's."""
+    train, test = data.train, data.test
+    if not (isinstance(train, SegmentationArray) and isinstance(test, SegmentationArray)):
+        raise ConfigError(f"eval protocol dense_miou needs per-pixel masks on both splits, but {data.name} has none; "
+                          f"use data.format=digit_scenes (or drop dense_miou from eval.protocols)")
+    mean, std = meta["mean"], meta["std"]
+    try:
+        tr = frozen_feature_maps(backbone, train.images, mean, std, device)
+    except TypeError as err:
+        raise ConfigError(f"eval protocol dense_miou: {err}") from None
+    te = frozen_feature_maps(backbone, test.images, mean, std, device)
+    res = dense_linear_probe(tr, train.masks, te, test.masks, len(train.mask_classes), epochs=recipe.eval.dense_epochs,
+                             lr=recipe.eval.dense_lr, ignore_index=IGNORE_INDEX, seed=recipe.train.seed, device=device)
+    return [Metric("dense mIoU", res.miou, res.protocol), Metric("dense pixel acc", res.pixel_acc, res.protocol)]
 
 
 def _rows(split: ImageArray, idx: torch.Tensor) -> ImageArray:

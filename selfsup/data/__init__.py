@@ -2,6 +2,7 @@
 
 from .arrays import DataSplits, ImageArray, as_nchw_uint8, build_splits, is_memory_mapped, resize_center_crop
 from .cifar import SafeUnpickler, load_cifar, safe_unpickle
+from .digit_scenes import SegmentationArray, load_digit_scenes
 from .digits import load_digits_splits
 from .errors import DataError, DataPathError, DataWarning
 from .formats import FORMATS, detect_format, load_data, load_data_section
@@ -22,6 +23,7 @@ __all__ = [
     "ImageArray",
     "Prefetcher",
     "SafeUnpickler",
+    "SegmentationArray",
     "as_nchw_uint8",
     "build_splits",
     "check_batch_size",
@@ -34,6 +36,7 @@ __all__ = [
     "StreamSplit",
     "auto_num_workers",
     "default_num_workers",
+    "load_digit_scenes",
     "load_digits_splits",
     "load_idx",
     "load_imagefolder",
