@@ -44,6 +44,8 @@ NOT_LOSSES = {
     "patchify": "pure reshape (keeps the dtype)", "unpatchify": "pure reshape (keeps the dtype)",
     "power_law_prior": "a constant prior, no inputs",
     "random_slices": "random directions drawn in float64 from a generator, no inputs",
+    "cell_centres": "crop geometry in float64 (no embeddings)", "match_by_similarity": "argmax indices, no gradient",
+    "nearest_pairs": "index selection (keeps the dtype)",
     "slot_position_encoding": "a constant sinusoidal encoding, no inputs",
 }
 # Names exercised through another name's cases.
@@ -203,6 +205,20 @@ _CATALOGUE_B_CASES: list[Case] = [
     Case("fastsiam_loss", losses.fastsiam_loss, lambda g: ([_emb(g) for _ in range(4)], [_emb(g) for _ in range(4)])),
 ]
 
+# issue 11's dense methods (selfsup.losses.dense): feature maps flattened to [B, S, D]
+_DENSE_CASES: list[Case] = [
+    Case("densecl_loss", lambda q, k, m, n: losses.densecl_loss(q, k, m, n, 0.2),
+         lambda g: (_emb(g).view(4, 8, D), _emb(g, 24).view(4, 6, D), torch.randint(0, 6, (4, 8), generator=g),
+                    _emb(g, K))),
+    Case("vicregl_loss", lambda z, m, c: losses.vicregl_loss(z, m, c, 2, num_matches=(4, 2)),
+         lambda g: ([_emb(g), _emb(g)], [_emb(g, N * 6, 4).view(N, 6, 4) for _ in range(2)],
+                    [torch.rand(N, 6, 2, generator=g) for _ in range(2)])),
+    Case("detcon_loss", lambda a, b, i: losses.detcon_loss(a, b, a, b, i, i, 0.1),
+         lambda g: (_emb(g).view(8, 4, D), _emb(g).view(8, 4, D), torch.randint(0, 3, (8, 4), generator=g))),
+    Case("mask_pool", losses.mask_pool, lambda g: (torch.randn(2, D, 4, 4, generator=g),
+                                                   torch.rand(2, 5, 4, 4, generator=g))),
+]
+
 CASES: list[Case] = [
     Case("nt_xent", lambda a, b: nt_xent(a, b, 0.1), _pair),
     Case("info_nce", lambda q, k, n: info_nce(q, k, n, 0.1), lambda g: (*_pair(g), _emb(g, K))),
@@ -260,6 +276,7 @@ CASES: list[Case] = [
     *_CATALOGUE_CASES,
     *_DISTILL_CASES,
     *_INSTANCE_CASES,
+    *_DENSE_CASES,
     *_CATALOGUE_B_CASES,
     *_JOINT_B_CASES,
 ]

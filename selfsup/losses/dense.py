@@ -87,9 +87,8 @@ def _vicreg_nd(x: torch.Tensor, y: torch.Tensor, lambda_: float, mu: float, nu: 
         zc = zg - zg.mean(0)
         var = var + F.relu(1.0 - torch.sqrt(zc.var(0) + eps)).mean() / 2
         c = torch.einsum("b...i,b...j->...ij", zc, zc) / (zg.shape[0] - 1)
-        d = z.shape[-1]
-        off = ~torch.eye(d, dtype=torch.bool, device=z.device)
-        cov = cov + (c[..., off].pow(2).sum(-1) / d).mean()
+        off_sq = c.pow(2).sum((-2, -1)) - torch.diagonal(c, dim1=-2, dim2=-1).pow(2).sum(-1)  # sum_{i != j} C_ij^2
+        cov = cov + (off_sq / z.shape[-1]).mean()
     if cov_mean:
         cov = cov / 2
     return lambda_ * inv + mu * var + nu * cov
@@ -157,6 +156,7 @@ def vicregl_loss(z: list[torch.Tensor], maps: list[torch.Tensor], grids: list[to
     return alpha * glob + (1 - alpha) * local / max(count, 1)
 
 
+@fp32_loss
 def mask_pool(fmap: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     r"""DetCon's mask pooling: :math:`h_m = \sum_{ij} a_m(i,j) f(i,j) / \sum_{ij} a_m(i,j)` for feature maps
     ``[B, C, h, w]`` and (soft) masks ``[B, M, h, w]`` at the same resolution. Returns ``[B, M, C]``."""
