@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-TICO_LOSS = "lightly 1.6 TiCoLoss defaults (beta 0.9, rho 8, 'corrected to the paper'; benchmarks/lightly_parity.py)"
+TICO_LOSS = ("lightly 1.6 TiCoLoss defaults beta 0.9, rho 8 (docstring cites the paper for both; rho was 20 until "
+             "lightly deb3c316, PR #1398 'Fix wrong hyperparam', which also runs TiCoLoss(beta=0.9, rho=8.0) in "
+             "benchmarks/imagenet/resnet50/tico.py, 49.7 linear top-1 at 100 epochs). Unverified against the paper: "
+             "its text and any official code could not be opened here; the unofficial sayannag/TiCo-pytorch that "
+             "lightly credits uses rho 20")
 TICO_MOM = "lightly examples/pytorch/tico.py (momentum encoder on the second view, cosine 0.996 -> 1)"
 TICO_OURS = "TiCo: the paper's ImageNet table was not opened here; BYOL's setup (selfsup's choice, method docstring)"
 BYOL_ETA = "BYOL official byol/configs/byol.py (optimizer_config eta=1e-3)"

@@ -7,7 +7,8 @@ returns the step's :math:`C_t` and :meth:`TiCo.after_step` stores it, once per o
 is a momentum encoder (EMA of backbone + projector, BYOL's cosine schedule from ``tau_base`` to 1), as in
 lightly's ``examples/pytorch/tico.py``; ``momentum_encoder: false`` uses the online network for both views.
 
-Recipe defaults: projector 4096-256, beta 0.9, rho 8 (lightly's ``TiCoLoss``, corrected to the paper from 20),
+Recipe defaults: projector 4096-256, beta 0.9, rho 8 (lightly's ``TiCoLoss``, whose docstring cites the paper; lightly
+changed it from 20 in PR #1398 and benchmarks it on ImageNet; not checked against the paper's text here),
 BYOL's ImageNet optimisation and views (selfsup's choice; the recipe's provenance rows say which is which).
 """
 
