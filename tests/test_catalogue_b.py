@@ -18,8 +18,11 @@ from selfsup.config import ConfigError, load_recipe
 from selfsup.losses import byol_loss, fastsiam_loss, moco_infonce, nn_byol_loss, nn_simsiam_loss, ressl_loss, simsiam_loss
 from selfsup.methods import METHODS
 from selfsup.methods.mocov2 import MoCoV2
+from selfsup.train.loop import train
 from selfsup.views import build_views
 from test_accumulate import DT, make, views_of
+from test_resume import EPOCHS, STEPS, _assert_same_run, _fresh
+from train_utils import TINY, tiny_digits
 
 g0 = torch.Generator().manual_seed(0)
 
@@ -244,3 +247,21 @@ def test_fastsiam_uses_every_view_and_with_two_is_simsiam():
     torch.testing.assert_close(m(views[:2])["loss"], s(views[:2])["loss"])
     assert METHODS["fastsiam"].accumulation == "plain"
     assert len(load_recipe("fastsiam").views.params) == 1 and load_recipe("fastsiam").views.params["n_views"] == 4
+
+
+RESUME = {"ressl": ["method.queue_size=64", "method.projector=32-16"],  # EMA teacher, random-unit queue, keys
+          "nnbyol": ["method.queue_size=64", "method.projector=32-16", "method.predictor=32-16"]}  # EMA, support set
+
+
+@pytest.mark.parametrize("name", list(RESUME))
+def test_resume_mid_epoch_is_bit_identical(name, tmp_path, one_thread):
+    """As tests/test_resume.py: stopped mid-run and resumed into a model built from another seed (another random
+    queue), the run ends bit-identical to the uninterrupted one: teacher, queue / support set and its labels are
+    in the checkpoint."""
+    r = load_recipe(f"{name}_digits", TINY + [f"train.epochs={EPOCHS}", *RESUME[name]])
+    data, quiet = tiny_digits(), (lambda *a: None)
+    straight = train(r, run_dir=tmp_path / "a", data=data, method=_fresh(r, 0), log=quiet)
+    run = tmp_path / "b"
+    train(r, run_dir=run, data=data, method=_fresh(r, 0), stop_after_step=STEPS + 2, log=quiet)
+    train(r, run_dir=run, resume=True, data=data, method=_fresh(r, 1), log=quiet)
+    _assert_same_run(straight, run)
