@@ -172,6 +172,38 @@ def build_cases(n: int = 16, d: int = 8, seed: int = 0) -> list[Case]:
     cases.append(Case("CO2 (in-batch negatives; value only)", lambda a, b: S.co2_loss(a, b, None, 0.05, False),
                       lambda a, b: CO2Regularizer(alpha=1.0, t_consistency=0.05, memory_bank_size=0)(a, b),
                       [r(n, d), r(n, d)], "lightly returns torch.tensor(value): no gradient to compare", grad=False))
+
+    # VICRegL: 2 global views (4 x 4 maps) + 2 local views (2 x 2); random grids (no distance ties)
+    vz, vmaps = [r(n, d) for _ in range(4)], [r(n, 4, 4, 5), r(n, 4, 4, 5), r(n, 2, 2, 5), r(n, 2, 2, 5)]
+    vgrids = [torch.rand(n, s, s, 2, generator=g, dtype=torch.float64) for s in (4, 4, 2, 2)]
+
+    def vicregl_ours(matches_by, cov_mean):
+        def run(*x):
+            z, m = x[:4], x[4:]
+            return S.vicregl_loss(list(z), [t.flatten(1, 2) for t in m], [t.flatten(1, 2) for t in vgrids], 2,
+                                  0.75, num_matches=(6, 3), matches_by=matches_by, cov_mean=cov_mean,
+                                  distributed=False)
+        return run
+
+    def vicregl_theirs(*x):
+        z, m = x[:4], x[4:]
+        return L.VICRegLLoss(num_matches=(6, 3))(list(zip(z[:2], m[:2])), vgrids[:2], list(zip(z[2:], m[2:])),
+                                                 vgrids[2:])
+    cases.append(Case("VICRegL (matches_by order, cov_mean; 2 global + 2 local)", vicregl_ours("order", True),
+                      vicregl_theirs, [*vz, *vmaps], "the official code's conventions, which lightly follows"))
+    cases.append(Case("VICRegL as shipped (gamma by view, covariance summed)", vicregl_ours("view", False),
+                      vicregl_theirs, [*vz, *vmaps], "we follow the paper: gamma 20 from a global view and 4 from "
+                      "a local one, VICReg's summed covariance", by_design=True))
+
+    # DetCon: B x 6 masks of ids in [0, 4) (repeats and ids present in one view only)
+    ids0 = torch.randint(0, 4, (n, 6), generator=g)
+    ids1 = torch.where(torch.rand(n, 6, generator=g) < 0.2, -1 - ids0, ids0)
+    cases.append(Case("DetCon-S (tau 0.1)", lambda a, b: S.detcon_loss(a, b, a, b, ids0, ids1, 0.1, False),
+                      lambda a, b: L.DetConSLoss(0.1, gather_distributed=False)(a, b, ids0, ids1),
+                      [r(n, 6, d), r(n, 6, d)], "lightly builds its labels and weights in float32", tol=1e-6))
+    cases.append(Case("DetCon-B (tau 0.1)", lambda *x: S.detcon_loss(*x, ids0, ids1, 0.1, False),
+                      lambda *x: L.DetConBLoss(0.1, gather_distributed=False)(*x, ids0, ids1),
+                      [r(n, 6, d) for _ in range(4)], "lightly builds its labels and weights in float32", tol=1e-6))
     return cases
 
 
