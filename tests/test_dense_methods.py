@@ -223,6 +223,17 @@ def test_kmeans_regions_split_a_two_tone_image_deterministically():
     assert not square & set(r1[1, :4].flatten().tolist())
 
 
+def test_felzenszwalb_regions_keep_the_largest_segments():
+    pytest.importorskip("skimage")
+    from selfsup.views.regions import felzenszwalb_regions
+
+    x = torch.zeros(1, 3, 32, 32)
+    x[0, :, :, 16:] = 1.0
+    r = felzenszwalb_regions(x, 4, scale=100, min_size=200)
+    assert r.shape == (1, 32, 32) and int(r.max()) <= 3
+    assert not set(r[0, :, :12].flatten().tolist()) & set(r[0, :, 20:].flatten().tolist())
+
+
 # ----------------------------------------------------------------------------------------------- methods
 def _method(name: str, size: int = 16):
     from selfsup.config import load_recipe
