@@ -62,3 +62,9 @@ from selfsup.losses.relational import ressl_loss
 from selfsup.losses.siamese import fastsiam_loss, nn_byol_loss, nn_simsiam_loss
 
 __all__ += ["ressl_loss", "nn_byol_loss", "nn_simsiam_loss", "fastsiam_loss"]
+from selfsup.losses.colour import (ab_gamut_bins, ab_prior, annealed_mean, colorization_loss, rebalancing_weights,
+                                   soft_encode_ab)
+from selfsup.losses.restoration import context_encoder_loss, denoising_loss, overlap_weights
+
+__all__ += ["ab_gamut_bins", "soft_encode_ab", "ab_prior", "rebalancing_weights", "colorization_loss",
+            "annealed_mean", "overlap_weights", "context_encoder_loss", "denoising_loss"]

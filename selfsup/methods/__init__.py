@@ -50,6 +50,9 @@ from selfsup.methods.visreg import VISReg, VISRegConfig
 from selfsup.methods.densecl import DenseCL, DenseCLConfig
 from selfsup.methods.vicregl import VICRegL, VICRegLConfig
 from selfsup.methods.detcon import DetCon, DetConConfig
+from selfsup.methods.colorization import Colorization, ColorizationConfig
+from selfsup.methods.context_encoder import ContextEncoder, ContextEncoderConfig
+from selfsup.methods.denoising_ae import DenoisingAE, DenoisingAEConfig
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -102,6 +105,9 @@ METHODS: dict[str, type[Method]] = {
     "smog": SMoG,
     "all4one": All4One,
     "visreg": VISReg,
+    "colorization": Colorization,
+    "context_encoder": ContextEncoder,
+    "denoising_ae": DenoisingAE,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig", "encode_views", "n_global_views", "SimCLR", "SimCLRConfig", "BYOL", "BYOLConfig",
@@ -124,3 +130,5 @@ __all__ += ["DenseCL", "DenseCLConfig", "VICRegL", "VICRegLConfig", "DetCon", "D
 __all__ += ["SMoG", "SMoGConfig", "All4One", "All4OneConfig", "VISReg", "VISRegConfig"]
 __all__ += ["MoCoV1", "MoCoV1Config", "ReSSL", "ReSSLConfig", "NNBYOL", "NNBYOLConfig", "NNSiam", "NNSiamConfig",
             "FastSiam", "FastSiamConfig"]
+__all__ += ["Colorization", "ColorizationConfig", "ContextEncoder", "ContextEncoderConfig", "DenoisingAE",
+            "DenoisingAEConfig"]
