@@ -180,6 +180,9 @@ _INSTANCE_CASES: list[Case] = [
          lambda g: (_emb(g), F.normalize(torch.randn(N, 5, D, generator=g), dim=2))),
     Case("npid_softmax_loss", lambda f, b, t: losses.npid_softmax_loss(f, b, t, 0.07),
          lambda g: (_emb(g), _unit(g, K), torch.randint(0, K, (N,), generator=g))),
+    Case("exemplar_loss", losses.exemplar_loss, lambda g: (_emb(g, N, K), torch.randint(-1, K, (N,), generator=g))),
+    Case("counting_loss", lambda d, t, y: losses.counting_loss(d, t, y, 10.0),
+         lambda g: (_emb(g), torch.randn(N, 4, D, generator=g), _emb(g))),
 ]
 
 def _all4one(*x: torch.Tensor) -> tuple:

@@ -68,3 +68,7 @@ from selfsup.losses.restoration import context_encoder_loss, denoising_loss, ove
 
 __all__ += ["ab_gamut_bins", "soft_encode_ab", "ab_prior", "rebalancing_weights", "colorization_loss",
             "annealed_mean", "overlap_weights", "context_encoder_loss", "denoising_loss"]
+from selfsup.losses.surrogate import exemplar_loss
+from selfsup.losses.counting import counting_loss
+
+__all__ += ["exemplar_loss", "counting_loss"]

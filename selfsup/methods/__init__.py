@@ -53,6 +53,9 @@ from selfsup.methods.detcon import DetCon, DetConConfig
 from selfsup.methods.colorization import Colorization, ColorizationConfig
 from selfsup.methods.context_encoder import ContextEncoder, ContextEncoderConfig
 from selfsup.methods.denoising_ae import DenoisingAE, DenoisingAEConfig
+from selfsup.methods.npid import NPID, NPIDConfig
+from selfsup.methods.exemplar import Exemplar, ExemplarConfig
+from selfsup.methods.counting import Counting, CountingConfig
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -108,6 +111,9 @@ METHODS: dict[str, type[Method]] = {
     "colorization": Colorization,
     "context_encoder": ContextEncoder,
     "denoising_ae": DenoisingAE,
+    "npid": NPID,
+    "exemplar": Exemplar,
+    "counting": Counting,
 }
 
 __all__ = ["METHODS", "Method", "MethodConfig", "encode_views", "n_global_views", "SimCLR", "SimCLRConfig", "BYOL", "BYOLConfig",
@@ -132,3 +138,6 @@ __all__ += ["MoCoV1", "MoCoV1Config", "ReSSL", "ReSSLConfig", "NNBYOL", "NNBYOLC
             "FastSiam", "FastSiamConfig"]
 __all__ += ["Colorization", "ColorizationConfig", "ContextEncoder", "ContextEncoderConfig", "DenoisingAE",
             "DenoisingAEConfig"]
+__all__ += ["NPID", "NPIDConfig"]
+__all__ += ["Exemplar", "ExemplarConfig"]
+__all__ += ["Counting", "CountingConfig"]

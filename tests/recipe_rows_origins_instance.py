@@ -1,0 +1,57 @@
+"""Paper values of the instance-level origins recipes (NPID, Exemplar CNN, learning to count), collected by
+tests/test_recipes.py: ``(recipe, key, value, citation)`` rows. Where a value is selfsup's choice (the paper's
+solver or network was not reproduced), the row says so and names what was copied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NPID = ("NPID official lemniscate.pytorch main.py (ImageNet: --low-dim 128, --nce-k 4096, --nce-t 0.07, --nce-m 0.5, "
+        "lr 0.03, momentum 0.9, weight decay 5e-4, batch 256, 200 epochs, ResNet-50) and lib/NCEAverage.py")
+NPID_PAPER = "Wu et al. 2018 (NPID), Sec. 3.2 and 4 (tau 0.07, K 4096, memory momentum 0.5, 128-d features)"
+NPID_AUG = ("NPID official main.py train transforms (RandomResizedCrop 224 scale 0.2-1, RandomGrayscale 0.2, "
+            "ColorJitter(0.4, 0.4, 0.4, 0.4), RandomHorizontalFlip)")
+NPID_OURS = ("selfsup's choice: lemniscate steps the lr x0.1 at epochs 120 and 160; selfsup's schedule is warm-up + "
+             "cosine, so no warm-up and a cosine decay of the same peak lr")
+EXEMPLAR = ("Dosovitskiy et al. 2014 (Exemplar CNN), Sec. 3-4: N = 16,000 surrogate classes of 32 x 32 seed patches "
+            "from STL-10's 100,000 unlabelled images")
+EXEMPLAR_OURS = ("selfsup's choice (Exemplar CNN's Caffe network and solver were not reproduced): CIFAR-style ResNet-18, "
+                 "SGD lr 0.1 momentum 0.9 wd 5e-4, batch 256, 100 epochs, SimCLR's views for the online transforms")
+SIMCLR_AUG = ("Chen et al. 2020 (SimCLR), App. A (crop 0.08-1, colour strength 1, gray 0.2) and App. B.9 (no blur on "
+              "32 px CIFAR images; selfsup's simclr views drop it at 32 px)")
+COUNT = ("Noroozi et al. 2017 (learning to count), Sec. 4: AlexNet counting vector fc6-fc8 4096-4096-1000 with ReLU, "
+         "M = 10, 228 px crops, tiles and downsampled image of 114 px")
+COUNT_OURS = ("selfsup's choice (the paper's Caffe solver was not reproduced): ResNet-50, SGD lr 0.1 momentum 0.9 wd "
+              "1e-4, batch 256, 100 epochs, crops of scale 0.6-1 without colour")
+
+
+def _rows(recipe: str, cite: str, pairs: list[tuple[str, Any]]) -> list[tuple[str, str, Any, str]]:
+    return [(recipe, k, v, cite) for k, v in pairs]
+
+
+ROWS: list[tuple[str, str, Any, str]] = [
+    # NPID
+    *_rows("npid", NPID_PAPER, [("method.temperature", 0.07), ("method.negatives", 4096), ("method.momentum", 0.5),
+                                ("method.projector", "128"), ("method.objective", "nce")]),
+    *_rows("npid", NPID, [("optim.name", "sgd"), ("optim.lr", 0.03), ("optim.lr_scaling", "linear"),
+                          ("data.batch_size", 256), ("optim.momentum", 0.9), ("optim.weight_decay", 5e-4),
+                          ("train.epochs", 200), ("model.backbone", "resnet50"), ("method.memory_size", 1_281_167)]),
+    *_rows("npid", NPID_OURS, [("optim.warmup_epochs", 0), ("optim.final_lr_ratio", 0.0)]),
+    *_rows("npid", NPID_AUG, [("views.kind", "crop"), ("view0.scale", (0.2, 1.0)), ("view0.jitter", (0.4, 0.4, 0.4, 0.4, 1.0)),
+                              ("view0.gray_p", 0.2), ("view0.blur_p", 0.0), ("view0.flip_p", 0.5), ("data.image_size", 224)]),
+    # Exemplar CNN
+    *_rows("exemplar", EXEMPLAR, [("method.n_classes", 16_000), ("method.num_images", 100_000), ("data.image_size", 32)]),
+    *_rows("exemplar", EXEMPLAR_OURS, [("optim.name", "sgd"), ("optim.lr", 0.1), ("optim.lr_scaling", "linear"),
+                                       ("optim.momentum", 0.9), ("optim.weight_decay", 5e-4), ("data.batch_size", 256),
+                                       ("train.epochs", 100), ("model.backbone", "resnet18"), ("method.hidden", "512")]),
+    *_rows("exemplar", SIMCLR_AUG, [("views.kind", "simclr"), ("view0.scale", (0.08, 1.0)),
+                                    ("view0.jitter", (0.8, 0.8, 0.8, 0.2, 0.8)), ("view0.blur_p", 0.0)]),
+    # learning to count
+    *_rows("counting", COUNT, [("method.head", "4096-4096-1000"), ("method.relu", True), ("method.margin", 10.0),
+                               ("data.image_size", 228)]),
+    *_rows("counting", COUNT_OURS, [("optim.name", "sgd"), ("optim.lr", 0.1), ("optim.lr_scaling", "linear"),
+                                    ("optim.momentum", 0.9), ("optim.weight_decay", 1e-4), ("data.batch_size", 256),
+                                    ("train.epochs", 100), ("model.backbone", "resnet50"), ("views.kind", "crop"),
+                                    ("view0.scale", (0.6, 1.0)), ("view0.jitter", (0.0, 0.0, 0.0, 0.0, 0.0)),
+                                    ("view0.blur_p", 0.0)]),
+]
