@@ -44,6 +44,10 @@ NOT_LOSSES = {
     "patchify": "pure reshape (keeps the dtype)", "unpatchify": "pure reshape (keeps the dtype)",
     "power_law_prior": "a constant prior, no inputs",
     "random_slices": "random directions drawn in float64 from a generator, no inputs",
+    "ab_gamut_bins": "a constant table of bin centres, no inputs",
+    "ab_prior": "a histogram of nearest bins (float64 shares, no gradient)",
+    "rebalancing_weights": "float64 class weights from a float64 prior (no embeddings)",
+    "overlap_weights": "a weight map of a bool mask",
     "cell_centres": "crop geometry in float64 (no embeddings)", "match_by_similarity": "argmax indices, no gradient",
     "nearest_pairs": "index selection (keeps the dtype)",
     "slot_position_encoding": "a constant sinusoidal encoding, no inputs",
@@ -222,6 +226,27 @@ _DENSE_CASES: list[Case] = [
                                                    torch.rand(2, 5, 4, 4, generator=g))),
 ]
 
+# issue 11's pixel-restoring origins (selfsup.losses.{colour,restoration}): bin logits, ab colours, images, masks
+def _bins() -> torch.Tensor:
+    return losses.ab_gamut_bins().float()  # cached after the first call
+
+
+_ORIGINS_PIXEL_CASES: list[Case] = [
+    Case("colorization_loss", lambda lg, ab, w: losses.colorization_loss(lg, ab, _bins(), w),
+         lambda g: (torch.randn(2, len(_bins()), 3, 3, generator=g), 80 * torch.rand(2, 2, 3, 3, generator=g) - 40,
+                    0.5 + torch.rand(len(_bins()), generator=g))),
+    Case("soft_encode_ab", lambda ab: losses.soft_encode_ab(ab, _bins())[1],
+         lambda g: (80 * torch.rand(N, 2, generator=g) - 40,)),
+    Case("annealed_mean", lambda lg: losses.annealed_mean(lg, _bins()),
+         lambda g: (torch.randn(2, len(_bins()), 3, 3, generator=g),)),
+    Case("context_encoder_loss", lambda p, x, h: losses.context_encoder_loss(p, x, h, 1),
+         lambda g: (torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g),
+                    torch.rand(2, 1, 8, 8, generator=g) < 0.3)),
+    Case("denoising_loss", lambda z, x, j: losses.denoising_loss(z, x, j, 2.0, 0.5),
+         lambda g: (torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g),
+                    torch.rand(2, 1, 8, 8, generator=g) < 0.25)),
+]
+
 CASES: list[Case] = [
     Case("nt_xent", lambda a, b: nt_xent(a, b, 0.1), _pair),
     Case("info_nce", lambda q, k, n: info_nce(q, k, n, 0.1), lambda g: (*_pair(g), _emb(g, K))),
@@ -276,6 +301,7 @@ CASES: list[Case] = [
     Case("nearest_prototype", nearest_prototype, lambda g: (_unit(g, N), _unit(g, K))),
     Case("spherical_kmeans", lambda x, c: spherical_kmeans(x, c, n_iters=3), lambda g: (_unit(g, N), _unit(g, 5))),
     *_MIM_CASES,
+    *_ORIGINS_PIXEL_CASES,
     *_CATALOGUE_CASES,
     *_DISTILL_CASES,
     *_INSTANCE_CASES,
