@@ -20,7 +20,7 @@ from selfsup.methods import METHODS
 from selfsup.methods.mocov2 import MoCoV2
 from selfsup.train.loop import train
 from selfsup.views import build_views
-from test_accumulate import DT, make, views_of
+from test_accumulate import DT, accumulated, full_batch, make, max_diff, views_of
 from test_resume import EPOCHS, STEPS, _assert_same_run, _fresh
 from train_utils import TINY, tiny_digits
 
@@ -265,3 +265,13 @@ def test_resume_mid_epoch_is_bit_identical(name, tmp_path, one_thread):
     train(r, run_dir=run, data=data, method=_fresh(r, 0), stop_after_step=STEPS + 2, log=quiet)
     train(r, run_dir=run, resume=True, data=data, method=_fresh(r, 1), log=quiet)
     _assert_same_run(straight, run)
+
+
+def test_fastsiam_plain_accumulation_equals_the_full_batch():
+    """Per-image loss over 4 views (BatchNorm replaced by per-sample norms, as tests/test_accumulate.py)."""
+    m = make("fastsiam", projector="16-12", predictor="16-12")
+    views = views_of(n_views=4)
+    ref, g_ref = full_batch(m, views)
+    out, g = accumulated(m, views, 2)
+    torch.testing.assert_close(out["loss"], ref["loss"].detach(), rtol=0, atol=1e-12)
+    assert max_diff(g, g_ref) < 1e-12
