@@ -5,7 +5,8 @@ MMCR's centroid spectrum, the total coding rate, EMP-SSL, FroSSL's normalisation
 characteristic function, LeJEPA, VISReg's statistics and sort, TiCo's running covariance (compared through a
 probe), IterNorm's whitening, VIbCReg, uniformity, DirectCLR's and MACL's negatives and MACL's alignment, CO2's
 in-batch negatives, KoLeo's global-batch neighbours (``distributed=True``, the any-method regulariser's), SMoG's group update over the
-global batch, All4One's feature columns and negatives. Inputs with a view axis keep the batch on dim 0 and are rearranged inside each case.
+global batch, All4One's feature columns and negatives, VICRegL's global and matched-local variance and
+covariance, DetCon's negatives over the gathered batch. Inputs with a view axis keep the batch on dim 0 and are rearranged inside each case.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ddp_utils import assert_parity, ddp_parity
+from selfsup.losses import detcon_loss, vicregl_loss
 from selfsup.losses import (align_uniform_loss, all4one_loss, co2_loss, directclr_loss, emp_ssl_loss,
                             feature_contrast, frossl_loss, iter_norm, koleo_loss, lejepa_loss, macl_loss, mmcr_loss,
                             random_slices, sigreg, smog_loss, tico_loss, total_coding_rate, uniformity_loss,
@@ -118,10 +120,19 @@ def all4one_case(*x):
     return all4one_loss(*[tuple(x[i:i + 2]) for i in range(0, 12, 2)])["loss"]
 
 
+def vicregl_case(za, zb, ma, mb, ga, gb):  # issue 11's dense losses (tests/test_dense_methods.py has the rest)
+    return vicregl_loss([za, zb], [ma, mb], [ga, gb], 2, 0.75, num_matches=(4, 2))
+
+
+def detcon_case(p0, p1, t0, t1, i0, i1):
+    return detcon_loss(p0, p1, t0, t1, i0, i1, 0.1)
+
+
 def test_catalogue_losses_are_exact_under_ddp():
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     n = 8
+    ids = torch.randint(0, 3, (n, 4), generator=g)
     cases = [("mmcr", mmcr_case, [r(n, 3, D)]),
              ("total_coding_rate", tcr_case, [r(n, D)]),
              ("emp_ssl", emp_case, [r(n, 3, D)]),
@@ -142,7 +153,9 @@ def test_catalogue_losses_are_exact_under_ddp():
              ("koleo_global", koleo_global_case, [r(n, D)]),
              ("smog", smog_case, [r(n, D), r(n, D), r(n, D)]),
              ("feature_contrast", feature_contrast_case, [r(n, D) for _ in range(4)]),
-             ("all4one", all4one_case, [r(n, D) for _ in range(12)])]
+             ("all4one", all4one_case, [r(n, D) for _ in range(12)]),
+             ("vicregl", vicregl_case, [r(n, D), r(n, D), r(n, 6, 3), r(n, 6, 3), r(n, 6, 2), r(n, 6, 2)]),
+             ("detcon", detcon_case, [r(n, 4, 5) for _ in range(4)] + [ids, torch.where(ids == 2, -3, ids)])]
     result = ddp_parity(cases)
     assert_parity(result)
     # every case compared a non-zero gradient, and a half batch would not have passed
