@@ -41,6 +41,7 @@ NOT_LOSSES = {
     "local_offset": "integer offset", "gather": "identity in one process (a collective otherwise)",
     "all_reduce_mean": "identity in one process", "all_reduce_sum": "identity in one process",
     "fp32_loss": "the precision policy itself",
+    "adjacent_patches": "integer neighbour indices of a patch grid, no float inputs",
     "patchify": "pure reshape (keeps the dtype)", "unpatchify": "pure reshape (keeps the dtype)",
     "power_law_prior": "a constant prior, no inputs",
     "random_slices": "random directions drawn in float64 from a generator, no inputs",
@@ -189,6 +190,15 @@ _INSTANCE_CASES: list[Case] = [
          lambda g: (_emb(g), torch.randn(N, 4, D, generator=g), _emb(g))),
 ]
 
+# issue 11's SelfPatch (selfsup.losses.selfpatch): patch logits per view [B, N, K] and the patch center; tokens
+_SELFPATCH_CASES: list[Case] = [
+    Case("selfpatch_loss", lambda s, t, c: losses.selfpatch_loss(s, t, c, 0.1, 0.04),
+         lambda g: ([_emb(g, 32, K).view(4, 8, K), _emb(g, 8, K).view(4, 2, K)],
+                    [_emb(g, 32, K).view(4, 8, K), _emb(g, 8, K).view(4, 2, K)], _emb(g, 1, K)[0])),
+    Case("select_positives", lambda t: losses.select_positives(t, (3, 4), 4), lambda g: (_emb(g, 24, D).view(2, 12, D),)),
+]
+
+
 def _all4one(*x: torch.Tensor) -> tuple:
     pairs = [tuple(x[i:i + 2]) for i in range(0, 12, 2)]
     return tuple(losses.all4one_loss(*pairs).values())
@@ -305,6 +315,7 @@ CASES: list[Case] = [
     *_CATALOGUE_CASES,
     *_DISTILL_CASES,
     *_INSTANCE_CASES,
+    *_SELFPATCH_CASES,
     *_DENSE_CASES,
     *_CATALOGUE_B_CASES,
     *_JOINT_B_CASES,

@@ -72,3 +72,6 @@ from selfsup.losses.surrogate import exemplar_loss
 from selfsup.losses.counting import counting_loss
 
 __all__ += ["exemplar_loss", "counting_loss"]
+from selfsup.losses.selfpatch import adjacent_patches, select_positives, selfpatch_loss
+
+__all__ += ["adjacent_patches", "select_positives", "selfpatch_loss"]

@@ -50,6 +50,7 @@ from selfsup.methods.visreg import VISReg, VISRegConfig
 from selfsup.methods.densecl import DenseCL, DenseCLConfig
 from selfsup.methods.vicregl import VICRegL, VICRegLConfig
 from selfsup.methods.detcon import DetCon, DetConConfig
+from selfsup.methods.selfpatch import SelfPatch, SelfPatchConfig
 from selfsup.methods.colorization import Colorization, ColorizationConfig
 from selfsup.methods.context_encoder import ContextEncoder, ContextEncoderConfig
 from selfsup.methods.denoising_ae import DenoisingAE, DenoisingAEConfig
@@ -100,6 +101,7 @@ METHODS: dict[str, type[Method]] = {
     "directclr": DirectCLR,
     "align_uniform": AlignUniform,
     "macl": MACL,
+    "selfpatch": SelfPatch,
     "mocov1": MoCoV1,
     "ressl": ReSSL,
     "nnbyol": NNBYOL,
@@ -141,3 +143,4 @@ __all__ += ["Colorization", "ColorizationConfig", "ContextEncoder", "ContextEnco
 __all__ += ["NPID", "NPIDConfig"]
 __all__ += ["Exemplar", "ExemplarConfig"]
 __all__ += ["Counting", "CountingConfig"]
+__all__ += ["SelfPatch", "SelfPatchConfig"]

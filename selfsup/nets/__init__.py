@@ -14,3 +14,6 @@ __all__ += ["Prototypes"]
 from selfsup.nets.instance_bank import InstanceBank
 
 __all__ += ["InstanceBank"]
+from selfsup.nets.class_attention import ClassAttentionBlock, MatchingAggregation
+
+__all__ += ["ClassAttentionBlock", "MatchingAggregation"]
