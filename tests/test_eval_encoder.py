@@ -76,7 +76,7 @@ def _method(recipe: str, overrides: list[str] = ()):
 
 
 #: the encoder each paper evaluates when it has an EMA teacher (each method's ``eval_encoder`` comment cites it)
-TEACHER_EVALUATED = {"dino", "ibot", "dinov2", "ijepa", "msn", "pmsn"}
+TEACHER_EVALUATED = {"dino", "ibot", "dinov2", "ijepa", "msn", "pmsn", "selfpatch"}  # SelfPatch: DINO's choice
 
 
 def test_teacher_of_a_method_without_one_is_one_line() -> None:
