@@ -259,7 +259,8 @@ class Recipe(Section):
         if bad:
             raise ValueError(f"eval.features: unknown readout {bad[0]!r}; choose from {', '.join(VIT_FEATURES)}")
         problem = accumulation_problem(METHODS[self.method.name], self.train.accumulate, self.data.batch_size) \
-            or regularizer_problem(METHODS[self.method.name], self.method, self.train.accumulate)
+            or regularizer_problem(METHODS[self.method.name], self.method, self.train.accumulate) \
+            or METHODS[self.method.name].image_size_problem(self.method, self.data.image_size)
         if problem:
             raise ValueError(problem)
         if self.eval.encoder == "teacher" and METHODS[self.method.name].teacher_attr is None:

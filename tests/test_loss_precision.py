@@ -190,6 +190,17 @@ _INSTANCE_CASES: list[Case] = [
          lambda g: (_emb(g), torch.randn(N, 4, D, generator=g), _emb(g))),
 ]
 
+# issue 11's spatial pretext tasks (selfsup.losses.pretext): logits and targets; PIRL's g, f, bank rows / bank
+_PRETEXT_CASES: list[Case] = [
+    Case("pretext_cross_entropy", losses.pretext_cross_entropy,
+         lambda g: (_emb(g, N, 8), torch.randint(0, 8, (N,), generator=g))),
+    Case("pirl_loss", lambda a, b, r: losses.pirl_loss(a, b, r, K, (2.0 * K, 3.0 * K), 0.07, 0.5),
+         lambda g: (*_pair(g), F.normalize(torch.randn(N, 5, D, generator=g), dim=2))),
+    Case("pirl_softmax_loss", lambda a, b, m, t: losses.pirl_softmax_loss(a, b, m, t, 0.07, 0.5),
+         lambda g: (*_pair(g), _unit(g, K), torch.randint(0, K, (N,), generator=g))),
+]
+
+
 # issue 11's SelfPatch (selfsup.losses.selfpatch): patch logits per view [B, N, K] and the patch center; tokens
 _SELFPATCH_CASES: list[Case] = [
     Case("selfpatch_loss", lambda s, t, c: losses.selfpatch_loss(s, t, c, 0.1, 0.04),
@@ -316,6 +327,7 @@ CASES: list[Case] = [
     *_DISTILL_CASES,
     *_INSTANCE_CASES,
     *_SELFPATCH_CASES,
+    *_PRETEXT_CASES,
     *_DENSE_CASES,
     *_CATALOGUE_B_CASES,
     *_JOINT_B_CASES,

@@ -48,20 +48,26 @@ __all__ += ["queue_distillation_loss", "cosine_distillation_loss"]
 from selfsup.losses.instance import nce_normalizer, npid_nce_loss, npid_softmax_loss
 
 __all__ += ["nce_normalizer", "npid_nce_loss", "npid_softmax_loss"]
+from selfsup.losses.relational import ressl_loss
+from selfsup.losses.siamese import fastsiam_loss, nn_byol_loss, nn_simsiam_loss
+
+__all__ += ["ressl_loss", "nn_byol_loss", "nn_simsiam_loss", "fastsiam_loss"]
 from selfsup.losses.dense import (cell_centres, densecl_loss, detcon_loss, mask_pool, match_by_similarity,
                                   nearest_pairs, vicregl_loss)
 
 __all__ += ["densecl_loss", "vicregl_loss", "detcon_loss", "cell_centres", "match_by_similarity", "nearest_pairs",
             "mask_pool"]
+from selfsup.losses.pretext import pirl_loss, pirl_softmax_loss, pretext_cross_entropy
+
+__all__ += ["pretext_cross_entropy", "pirl_loss", "pirl_softmax_loss"]
 from selfsup.losses.grouping import smog_assign, smog_group_update, smog_loss
 from selfsup.losses.neighbor_sets import all4one_loss, feature_contrast, slot_position_encoding
 
 __all__ += ["smog_assign", "smog_group_update", "smog_loss", "all4one_loss", "feature_contrast",
             "slot_position_encoding"]
-from selfsup.losses.relational import ressl_loss
-from selfsup.losses.siamese import fastsiam_loss, nn_byol_loss, nn_simsiam_loss
+from selfsup.losses.selfpatch import adjacent_patches, select_positives, selfpatch_loss
 
-__all__ += ["ressl_loss", "nn_byol_loss", "nn_simsiam_loss", "fastsiam_loss"]
+__all__ += ["adjacent_patches", "select_positives", "selfpatch_loss"]
 from selfsup.losses.colour import (ab_gamut_bins, ab_prior, annealed_mean, colorization_loss, rebalancing_weights,
                                    soft_encode_ab)
 from selfsup.losses.restoration import context_encoder_loss, denoising_loss, overlap_weights
@@ -72,6 +78,3 @@ from selfsup.losses.surrogate import exemplar_loss
 from selfsup.losses.counting import counting_loss
 
 __all__ += ["exemplar_loss", "counting_loss"]
-from selfsup.losses.selfpatch import adjacent_patches, select_positives, selfpatch_loss
-
-__all__ += ["adjacent_patches", "select_positives", "selfpatch_loss"]

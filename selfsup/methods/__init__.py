@@ -38,23 +38,27 @@ from selfsup.methods.emp_ssl import EMPSSL, EMPSSLConfig
 from selfsup.methods.directclr import DirectCLR, DirectCLRConfig
 from selfsup.methods.align_uniform import AlignUniform, AlignUniformConfig
 from selfsup.methods.macl import MACL, MACLConfig
+from selfsup.methods.smog import SMoG, SMoGConfig
+from selfsup.methods.all4one import All4One, All4OneConfig
+from selfsup.methods.visreg import VISReg, VISRegConfig
 from selfsup.methods.mocov1 import MoCoV1, MoCoV1Config
 from selfsup.methods.ressl import ReSSL, ReSSLConfig
 from selfsup.methods.nnbyol import NNBYOL, NNBYOLConfig
 from selfsup.methods.nnsiam import NNSiam, NNSiamConfig
 from selfsup.methods.fastsiam import FastSiam, FastSiamConfig
-from selfsup.methods.smog import SMoG, SMoGConfig
-from selfsup.methods.all4one import All4One, All4OneConfig
-from selfsup.methods.visreg import VISReg, VISRegConfig
 
 from selfsup.methods.densecl import DenseCL, DenseCLConfig
 from selfsup.methods.vicregl import VICRegL, VICRegLConfig
 from selfsup.methods.detcon import DetCon, DetConConfig
 from selfsup.methods.selfpatch import SelfPatch, SelfPatchConfig
+from selfsup.methods.rotnet import RotNet, RotNetConfig
+from selfsup.methods.jigsaw import Jigsaw, JigsawConfig
+from selfsup.methods.relpatch import RelPatch, RelPatchConfig
+from selfsup.methods.pirl import PIRL, PIRLConfig
+from selfsup.methods.npid import NPID, NPIDConfig
 from selfsup.methods.colorization import Colorization, ColorizationConfig
 from selfsup.methods.context_encoder import ContextEncoder, ContextEncoderConfig
 from selfsup.methods.denoising_ae import DenoisingAE, DenoisingAEConfig
-from selfsup.methods.npid import NPID, NPIDConfig
 from selfsup.methods.exemplar import Exemplar, ExemplarConfig
 from selfsup.methods.counting import Counting, CountingConfig
 
@@ -102,18 +106,22 @@ METHODS: dict[str, type[Method]] = {
     "align_uniform": AlignUniform,
     "macl": MACL,
     "selfpatch": SelfPatch,
+    "smog": SMoG,
+    "all4one": All4One,
+    "visreg": VISReg,
     "mocov1": MoCoV1,
     "ressl": ReSSL,
     "nnbyol": NNBYOL,
     "nnsiam": NNSiam,
     "fastsiam": FastSiam,
-    "smog": SMoG,
-    "all4one": All4One,
-    "visreg": VISReg,
+    "rotnet": RotNet,
+    "jigsaw": Jigsaw,
+    "relpatch": RelPatch,
+    "pirl": PIRL,
+    "npid": NPID,
     "colorization": Colorization,
     "context_encoder": ContextEncoder,
     "denoising_ae": DenoisingAE,
-    "npid": NPID,
     "exemplar": Exemplar,
     "counting": Counting,
 }
@@ -134,13 +142,14 @@ __all__ += ["Distill", "DistillConfig"]
 __all__ += ["TiCo", "TiCoConfig", "MMCR", "MMCRConfig", "VIbCReg", "VIbCRegConfig", "FroSSL", "FroSSLConfig",
             "LeJEPA", "LeJEPAConfig", "EMPSSL", "EMPSSLConfig", "DirectCLR", "DirectCLRConfig", "AlignUniform",
             "AlignUniformConfig", "MACL", "MACLConfig"]
-__all__ += ["DenseCL", "DenseCLConfig", "VICRegL", "VICRegLConfig", "DetCon", "DetConConfig"]
-__all__ += ["SMoG", "SMoGConfig", "All4One", "All4OneConfig", "VISReg", "VISRegConfig"]
 __all__ += ["MoCoV1", "MoCoV1Config", "ReSSL", "ReSSLConfig", "NNBYOL", "NNBYOLConfig", "NNSiam", "NNSiamConfig",
             "FastSiam", "FastSiamConfig"]
+__all__ += ["DenseCL", "DenseCLConfig", "VICRegL", "VICRegLConfig", "DetCon", "DetConConfig"]
+__all__ += ["RotNet", "RotNetConfig", "Jigsaw", "JigsawConfig", "RelPatch", "RelPatchConfig", "PIRL", "PIRLConfig"]
+__all__ += ["NPID", "NPIDConfig"]
+__all__ += ["SMoG", "SMoGConfig", "All4One", "All4OneConfig", "VISReg", "VISRegConfig"]
+__all__ += ["SelfPatch", "SelfPatchConfig"]
 __all__ += ["Colorization", "ColorizationConfig", "ContextEncoder", "ContextEncoderConfig", "DenoisingAE",
             "DenoisingAEConfig"]
-__all__ += ["NPID", "NPIDConfig"]
 __all__ += ["Exemplar", "ExemplarConfig"]
 __all__ += ["Counting", "CountingConfig"]
-__all__ += ["SelfPatch", "SelfPatchConfig"]

@@ -1,0 +1,79 @@
+"""Paper values of the spatial pretext-task recipes (RotNet, Jigsaw, relative patch location, PIRL), collected by
+tests/test_recipes.py: ``(recipe, key, value, citation)`` rows. Where the paper gives no value (or selfsup cannot
+express it: step lr schedules, AlexNet/NIN backbones), the row says "selfsup's choice" and what was copied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROT = ("gidariss/FeatureLearningRotNet config/CIFAR10_RotNet_NIN4blocks.py (batch 128, 200 epochs, SGD lr 0.1, "
+       "momentum 0.9, wd 5e-4, nesterov, LUT_lr steps at 60/120/160)")
+ROT_AUG = ("FeatureLearningRotNet dataloader.py (CIFAR-10: RandomCrop(32, padding=4), flip, no colour); selfsup's "
+           "nearest view: a square crop of area 0.64-1 (32 of 40 px) and a flip")
+ROT_OURS = ("RotNet: selfsup's choice (resnet18 for the NIN, no step schedule: warm-up 0 + cosine, a linear "
+            "rotation classifier on the pooled features)")
+JIG = ("Noroozi & Favaro 2016, Sec. 3.2-4 and bbrattoli/JigsawPuzzlePytorch (1000 permutations from "
+       "select_permutations.py, 225 px -> 75 px cells -> 64 px tiles in JigsawImageLoader.py, fc6 1024 per tile and "
+       "fc7 4096 in JigsawNetwork.py, SGD lr 0.01 momentum 0.9 wd 5e-4, batch 256)")
+JIG_OURS = ("Jigsaw: selfsup's choice (resnet50 for the AlexNet, ~70 epochs for 350k iterations at batch 256, a "
+            "cosine for the step schedule, a 0.6-1 crop for Resize(256) + RandomCrop(225), no colour jitter: the "
+            "per-tile normalisation cancels it)")
+RPL = ("Doersch, Gupta & Efros 2015, Sec. 3-4 and cdoersch/deepcontext (96 px patches, 48 px gap, jitter up to "
+       "7 px, colour dropping, fc6 4096 per patch, fc7 4096, SGD momentum 0.9, wd 5e-4, batch 128)")
+RPL_OURS = ("relpatch: selfsup's choice (resnet50 for the AlexNet-style net, 400 px crops for images resized to "
+            "150k-450k pixels, lr 0.01 with a cosine for the Caffe steps, 100 epochs)")
+
+PIRL = ("Misra & van der Maaten 2020, Sec. 4 'Implementation details' (ResNet-50, 128-d, tau 0.07, lambda 0.5, "
+        "32,000 negatives, memory momentum 0.5, SGD lr 0.12 at batch 1024, momentum 0.9, wd 1e-4, 800 epochs)")
+PIRL_TILES = ("VISSL ImgPatchesFromTensor for PIRL (255 px crops, 3 x 3 cells of 85 px, 64 px tiles: crop_frac "
+              "64/85); the image branch augmented by crops, flips, colour jitter and greyscale (paper Sec. 4)")
+PIRL_OURS = ("PIRL: selfsup's choice (NPID's Monte-Carlo NCE normaliser, SimCLR's views for the paper's augmentations, "
+             "a cosine for the step schedule, warm-up 0)")
+SIMCLR_AUG = "Chen et al. 2020 (SimCLR), App. A (crop 0.08-1, colour strength 1, gray 0.2, blur 0.5)"
+
+_NO_COLOUR = [("view0.jitter", (0.0, 0.0, 0.0, 0.0, 0.0)), ("view0.blur_p", 0.0), ("view0.gray_p", 0.0),
+              ("view0.flip_p", 0.5)]
+
+
+def _rows(recipe: str, cite: str, pairs: list[tuple[str, Any]]) -> list[tuple[str, str, Any, str]]:
+    return [(recipe, k, v, cite) for k, v in pairs]
+
+
+ROWS: list[tuple[str, str, Any, str]] = [
+    # RotNet (CIFAR-10)
+    *_rows("rotnet", ROT, [("optim.name", "sgd"), ("optim.lr", 0.1), ("optim.lr_scaling", "none"),
+                           ("optim.momentum", 0.9), ("optim.weight_decay", 5e-4), ("data.batch_size", 128),
+                           ("train.epochs", 200), ("data.image_size", 32)]),
+    *_rows("rotnet", ROT_AUG, [("views.kind", "crop"), ("view0.scale", (0.64, 1.0)), ("view0.ratio", (1.0, 1.0)),
+                               *_NO_COLOUR]),
+    *_rows("rotnet", ROT_OURS, [("model.backbone", "resnet18"), ("optim.warmup_epochs", 0), ("method.head", "")]),
+    # Jigsaw (ImageNet)
+    *_rows("jigsaw", JIG, [("method.grid", 3), ("method.n_permutations", 1000), ("method.crop_frac", 64 / 75),
+                           ("method.tile_normalize", True), ("method.tile_dim", 1024), ("method.head", "4096"),
+                           ("data.image_size", 225), ("optim.name", "sgd"), ("optim.lr", 0.01),
+                           ("optim.lr_scaling", "none"), ("optim.momentum", 0.9), ("optim.weight_decay", 5e-4),
+                           ("data.batch_size", 256)]),
+    *_rows("jigsaw", JIG_OURS, [("model.backbone", "resnet50"), ("train.epochs", 70), ("optim.warmup_epochs", 0),
+                                ("views.kind", "crop"), ("view0.scale", (0.6, 1.0)), ("method.tile_size", None),
+                                ("method.permutation_seed", 0), *_NO_COLOUR]),
+    # relative patch location (ImageNet)
+    *_rows("relpatch", RPL, [("method.patch", 96), ("method.gap", 48), ("method.jitter", 7),
+                             ("method.colour", "drop"), ("method.tile_dim", 4096), ("method.head", "4096"),
+                             ("optim.name", "sgd"), ("optim.momentum", 0.9), ("optim.weight_decay", 5e-4),
+                             ("data.batch_size", 128)]),
+    *_rows("relpatch", RPL_OURS, [("model.backbone", "resnet50"), ("data.image_size", 400), ("optim.lr", 0.01),
+                                  ("optim.lr_scaling", "none"), ("optim.warmup_epochs", 0), ("train.epochs", 100),
+                                  ("views.kind", "crop"), ("view0.scale", (0.5, 1.0)), *_NO_COLOUR]),
+    # PIRL (ImageNet)
+    *_rows("pirl", PIRL, [("method.dim", 128), ("method.temperature", 0.07), ("method.lam", 0.5),
+                          ("method.negatives", 32000), ("method.momentum", 0.5), ("method.memory_size", 1281167),
+                          ("model.backbone", "resnet50"), ("optim.name", "sgd"), ("optim.lr", 0.12),
+                          ("optim.lr_scaling", "none"), ("data.batch_size", 1024), ("optim.momentum", 0.9),
+                          ("optim.weight_decay", 1e-4), ("train.epochs", 800), ("method.objective", "nce")]),
+    *_rows("pirl", PIRL_TILES, [("method.grid", 3), ("method.crop_frac", 64 / 85), ("data.image_size", 255),
+                                ("method.tile_normalize", False)]),
+    *_rows("pirl", PIRL_OURS, [("method.normalizer", "estimate"), ("optim.warmup_epochs", 0),
+                               ("views.kind", "simclr")]),
+    *_rows("pirl", SIMCLR_AUG, [("view0.scale", (0.08, 1.0)), ("view0.jitter", (0.8, 0.8, 0.8, 0.2, 0.8)),
+                                ("view0.gray_p", 0.2), ("view0.blur_p", 0.5)]),
+]
