@@ -46,6 +46,8 @@ ROWS: list[tuple[str, str, Any, str]] = [
                                 ("method.loss_lambda", 0.5), ("model.backbone", "resnet50"), ("optim.name", "sgd"),
                                 ("optim.lr", 0.03), ("optim.lr_scaling", "linear"), ("optim.weight_decay", 1e-4),
                                 ("optim.momentum", 0.9), ("data.batch_size", 256), ("train.epochs", 200)]),
+    *_rows("densecl", "MoCo v2 / DenseCL official code: shuffle-BN over 8 GPUs (emulated per process, method docstring)",
+           [("method.bn_splits", 8)]),
     *_rows("densecl", DENSECL_HEAD, [("method.projector", "2048-128"), ("method.projector_norm", "none")]),
     *_rows("densecl", MOCOV2_AUG, [("views.kind", "mocov2"), ("view0.scale", (0.2, 1.0)),
                                    ("view0.jitter", (0.4, 0.4, 0.4, 0.1, 0.8)), ("view0.gray_p", 0.2),

@@ -12,11 +12,15 @@ and contrasted against a dense queue of pooled dense keys of past images (:func:
 with L_q MoCo v2's InfoNCE (:func:`selfsup.losses.moco_infonce`) against the global queue. Both queues start as
 random unit vectors and receive the global batch of keys after each step (:class:`selfsup.nets.MemoryBank`).
 
+Shuffle-BN, as the MoCo v2 method emulates it on one process (see :mod:`selfsup.methods.mocov2`): queries are
+encoded in ``bn_splits`` consecutive chunks, keys in ``bn_splits`` chunks of a permutation of the batch, so a
+query and its key see different BN batches. The permutation is ``argsort`` of per-image uniforms drawn by
+:meth:`DenseCL.make_masks` in the main process (the trainer's per-step generator), not from torch's global RNG.
+
 Recipe defaults (paper, Sec. 4, "following MoCo v2"): ResNet-50, heads 2048-128 (no BN), temperature 0.2, queues
 65536, momentum 0.999, SGD lr 0.03 x batch/256 (batch 256), weight decay 1e-4, cosine schedule, 200 epochs, MoCo
-v2's views. The official code computes the loss for view 1 as query only (asymmetric), as here. Unlike the MoCo v2
-method there is no shuffle-BN emulation: the dense head sees many locations per image, and BatchNorm-free heads
-(the paper's) leave only the backbone's BN, which the official single-machine code does not shuffle either.
+v2's views, 8 shuffle-BN groups (8 GPUs). The official code computes the loss for view 1 as query only
+(asymmetric), as here.
 """
 
 from __future__ import annotations
@@ -43,6 +47,19 @@ class DenseCLConfig(MethodConfig):
     projector: str = Field("2048-128", description="global and dense head widths, hidden-...-output")
     projector_norm: Literal["none", "bn"] = Field("none", description="hidden-layer norm of both heads (paper: none)")
     loss_lambda: float = Field(0.5, ge=0, le=1, description="weight lambda of the dense loss; (1 - lambda) global")
+    bn_splits: int = Field(8, ge=1, description="shuffle-BN groups per process (8 GPUs in the paper); 1: off")
+
+
+def chunked(fn, x: torch.Tensor, splits: int, perm: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """``fn`` (returning a tuple of per-row tensors) over ``splits`` chunks of ``x`` (each with its own BN
+    statistics), taken in the order ``perm`` when given; rows come back in the original order."""
+    if splits > 1 and x.shape[0] < 2 * splits:
+        raise ValueError(f"shuffle-BN with bn_splits={splits} needs at least {2 * splits} images per process, got "
+                         f"{x.shape[0]}; lower method.bn_splits")
+    xs = x if perm is None else x[perm]
+    parts = [fn(c) for c in xs.chunk(splits)] if splits > 1 else [fn(xs)]
+    out = tuple(torch.cat(t) for t in zip(*parts))
+    return out if perm is None else tuple(t[torch.argsort(perm)] for t in out)
 
 
 class DenseHeads(nn.Module):
@@ -80,15 +97,25 @@ class DenseCL(Method):
         random_unit_queue(self.dense_queue)
         self._keys: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, views, progress=0.0, labels=None):
-        fq = feature_map(self.backbone, views[0])
-        q = self.projector(fq)
-        q_dense = self.projector.dense(fq)
+    def make_masks(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Per-image uniforms ``[batch]``; each process's shuffle-BN order for the keys is their ``argsort``."""
+        return (torch.rand(batch, generator=generator, dtype=torch.float64),)
+
+    def _encode(self, backbone: nn.Module, heads: DenseHeads, x: torch.Tensor):
+        fmap = feature_map(backbone, x)
+        return fmap, heads(fmap), heads.dense(fmap)
+
+    def forward(self, views, progress=0.0, labels=None, masks=None):
+        splits = self.cfg.bn_splits
+        if masks is None and splits > 1:
+            raise ValueError("densecl's shuffle-BN order comes from make_masks (the trainer passes masks=; in your own "
+                             "loop call method.make_masks(batch, generator) once per step), or set bn_splits=1")
+        fq, q, q_dense = chunked(lambda v: self._encode(self.backbone, self.projector, v), views[0], splits)
         with torch.no_grad():
             key_backbone, key_heads = self.key_encoder.module
-            fk = feature_map(key_backbone, views[1])
-            k = F.normalize(key_heads(fk), dim=1)
-            k_dense = key_heads.dense(fk)
+            perm = torch.argsort(masks[0]).to(views[1].device) if splits > 1 else None
+            fk, k, k_dense = chunked(lambda v: self._encode(key_backbone, key_heads, v), views[1], splits, perm)
+            k = F.normalize(k, dim=1)
             match = match_by_similarity(fq.flatten(2).transpose(1, 2), fk.flatten(2).transpose(1, 2))
         loss_global = moco_infonce(q, k, self.queue.get(), self.cfg.temperature)
         loss_dense = densecl_loss(q_dense, k_dense, match, self.dense_queue.get(), self.cfg.temperature)
