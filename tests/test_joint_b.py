@@ -7,7 +7,10 @@ Measured (1 thread, seed 0; kNN top-1 on the shifted digits, random-init baselin
 19-37 s under a load average of ~11); its loss sign inverted gives 0.433 and fails. SMoG and VISReg do not yet beat the baseline in
 this 2-epoch run and have no learning test here: smog_digits 0.485 (lr 2, and 0.484-0.498 with resets every 10
 steps, lr 0.5, temperature 0.2, 10 groups, 4 epochs, or no gradient through the group update); visreg_digits
-0.501 (lr 2, 2 epochs), 0.517 (3 epochs), 0.519 (lambda 0.2), 0.449 (lambda 0.05), 0.492 (lr 0.5).
+0.501 (lr 2, 2 epochs), 0.517 (3 epochs), 0.519 (lambda 0.2), 0.449 (lambda 0.05), 0.492 (lr 0.5). Longer
+(benchmarks/short_run_knn.py, 8 epochs): visreg_digits 0.642 (+0.144, 273 s), so VISReg learns, more slowly than
+LeJEPA; smog_digits 0.447 (resets every 20 steps, 114 s), so SMoG does not learn on digits in 176 steps, although
+its step equals lightly's (benchmarks/smog_lightly_parity.py).
 """
 
 from __future__ import annotations
