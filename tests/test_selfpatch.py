@@ -2,7 +2,7 @@
 written from the equation, the matching-aggregation module's masking, one training step, and a short run that beats
 the random-init encoder (kNN, the pattern and MARGIN of tests/test_catalogue_learning.py).
 
-Measured (1 thread, seed 0, the overrides of ``test_short_run_beats_random_init``): see that test's docstring."""
+The short run's figures (kNN, and the dense mIoU of benchmarks/dense_table.py) are in its docstring and the README."""
 
 from __future__ import annotations
 
@@ -129,8 +129,10 @@ SHORT = [*TINY_VIT, "train.epochs=2", "data.batch_size=64", "views.params.local_
 
 
 def test_short_run_beats_random_init(tmp_path):
-    """Measured (1 thread, seed 0): kNN top-1 on shifted_digits MEASURED_TRAINED vs MEASURED_INIT at random init.
-    Broken (patch_weight 0 and the CLS loss sign inverted): MEASURED_BROKEN."""
+    """Measured (1 thread, seed 0, 44 steps): kNN top-1 on shifted_digits 0.226 after training vs 0.177 at random
+    init (with 2 local crops instead of 4: 0.206, below the margin). Broken (the CLS and patch losses negated):
+    0.171, the assertion fails. Time: 176 s under a load average of 16 on the shared 2-core machine (one thread
+    got ~13% of a core), so a few tens of seconds on an idle CI machine."""
     data = shifted_digits()
     extra = [o for o in LEARN if not o.startswith(("model.", "data.batch_size", "train.epochs", "optim.eta"))]
     r = load_recipe("selfpatch_digits", extra + SHORT + [f"train.out_dir={tmp_path}"])
@@ -139,6 +141,5 @@ def test_short_run_beats_random_init(tmp_path):
     baseline = random_init_knn(method.backbone, data)
     train(r, run_dir=tmp_path / "run", data=data, method=method, log=lambda *a: None)
     trained = knn_top1(method.backbone, data)
-    print(f"selfpatch kNN {trained:.3f} vs {baseline:.3f} at random init")
     assert trained >= baseline + MARGIN, (f"selfpatch: kNN top-1 {trained:.3f} after training vs {baseline:.3f} at "
                                           f"random init; a learning run gains more than {MARGIN}")

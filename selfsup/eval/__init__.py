@@ -6,6 +6,7 @@ RankMe, the spectrum and the collapse monitor come from :mod:`selfsup.diagnostic
 from selfsup.diagnostics.collapse import CollapseMonitor, normalized_std
 from selfsup.diagnostics.spectra import rankme, singular_values
 
+from .dense_probe import DenseProbeResult, confusion_matrix, dense_linear_probe, frozen_feature_maps, miou_from_confusion
 from .evaluate import evaluate
 from .features import extract_features
 from .finetune import Classifier, FinetuneResult, finetune, mixup, smooth_targets
@@ -33,6 +34,11 @@ from .spectrum import (
 from .splits import lowshot_indices, stratified_split
 
 __all__ = [
+    "DenseProbeResult",
+    "confusion_matrix",
+    "dense_linear_probe",
+    "frozen_feature_maps",
+    "miou_from_confusion",
     "Classifier",
     "FinetuneResult",
     "default_stages",
