@@ -13,10 +13,9 @@ here the transforms are drawn online by the views (``views.kind: simclr``, both 
 translation and scale, flips, colour jitter for the paper's contrast and colour transforms; the paper's rotation
 of up to 20 degrees has no equivalent in selfsup's views), so every epoch sees new samples (K unbounded).
 
-Scaling limits: the classifier holds ``N x feat_dim`` weights and every step a ``B x N`` softmax; the paper found
-accuracy to saturate, then drop, beyond ~16,000-32,000 classes as seeds become near duplicates of one another
-(cookbook: "too many classes leading performance to degrade"), and NPID's memory bank is the answer to larger
-datasets. Keep ``N`` in the thousands to tens of thousands; ImageNet's 1.28 M images as classes would need a
+Scaling limits: the classifier holds ``N x feat_dim`` weights and every step a ``B x N`` softmax. The paper used
+8,000-16,000 seeds; with many more, seeds become near duplicates of one another and transfer degrades (cookbook:
+"too many classes leading performance to degrade"); NPID's memory bank is the answer to larger datasets. Keep ``N`` in the thousands to tens of thousands; ImageNet's 1.28 M images as classes would need a
 2.6 G-parameter head for a ResNet-50.
 """
 
