@@ -29,6 +29,6 @@ ROWS = [
         ("method.aggregation_depth", 2)]],
     ("selfpatch", "method.head", "2048-2048-256", SP_HEAD),
     *[("selfpatch", k, v, SP_AUG) for k, v in [
-        ("view0.blur_p", 1.0), ("view1.blur_p", 0.1), ("view1.solarize_p", 0.2), ("view0.jitter", (0.4, 0.4, 0.2, 0.1, 0.8)),
-        ("view0.gray_p", 0.2), ("view0.flip_p", 0.5)]],
+        ("view0.blur_p", 1.0), ("view1.blur_p", 0.1), ("view1.solarize_p", 0.2),
+        ("view0.jitter", (0.4, 0.4, 0.2, 0.1, 0.8)), ("view0.gray_p", 0.2), ("view0.flip_p", 0.5)]],
 ]
