@@ -218,20 +218,5 @@ def test_short_run_of_the_digits_recipe(recipe, tmp_path):
     assert changed(before, method.state_dict(), "teacher.module.0.")  # the EMA teacher follows
 
 
-# the digits recipes as they are (BatchNorm heads, mean-patch pooling), at test size: 384 images at 16 px, batch 32,
-# 3 epochs of 12 steps. The loss falls by at least this fraction from the first epoch to the last; measured at
-# seed 0 (trained vs lr 1e-12): DINOv2 11.3% vs -8.4% (5.536 -> 4.911 vs 7.519 -> 8.151), iBOT 10.0% vs -11.8%
-# (5.036 -> 4.531 vs 7.040 -> 7.869): without learning the centers catch up and the targets flatten.
-LOSS_RUN = VIT_TINY + ["method.head=32-16", "method.out_dim=24", "views.params.local_size=8", "views.params.n_local=2",
-                       "train.online_probe=false"]
-
-
-@pytest.mark.parametrize("recipe,terms", [("dinov2_digits", ("loss_dino", "loss_ibot", "loss_koleo")),
-                                          ("ibot_digits", ("loss_cls", "loss_mim"))])
-def test_digits_recipe_loss_falls(recipe, terms, tmp_path):
-    run, before, method = short_run(recipe, tmp_path, LOSS_RUN, epochs=3, data=tiny_digits(n_train=384, n_test=32))
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 and all(set(terms) <= set(r) for r in rows)
-    assert rows[-1]["loss"] < (1 - 0.05) * rows[0]["loss"], [r["loss"] for r in rows]
-    for key in terms[:2]:  # the CLS and the masked-patch terms each fall, not just their sum
-        assert rows[-1][key] < rows[0][key], (key, [r[key] for r in rows])
+# Whether the digits recipes learn (not just run): tests/test_mim_learning.py, a short run whose EMA teacher must
+# beat the same ViT at random init on kNN, and which fails when the teacher targets are shuffled across the batch.
