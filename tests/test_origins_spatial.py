@@ -141,7 +141,8 @@ def test_colour_dropping_and_projection():
 
 
 SMALL = {"rotnet": [], "jigsaw": ["method.n_permutations=12", "method.tile_dim=8", "method.head=16"],
-         "relpatch": ["method.patch=4", "method.gap=1", "method.jitter=1", "method.tile_dim=8", "method.head=16"]}
+         "relpatch": ["method.patch=4", "method.gap=1", "method.jitter=1", "method.tile_dim=8", "method.head=16"],
+         "pirl": ["method.memory_size=192", "method.negatives=16", "method.dim=8", "method.tile_size=null"]}
 
 
 def _method(name: str, extra: list[str] = ()):
@@ -192,7 +193,7 @@ def test_impossible_sizes_are_refused_in_one_line(name, extra, match):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["rotnet", "jigsaw", "relpatch"])
+@pytest.mark.parametrize("name", ["jigsaw", "relpatch", "pirl"])  # the methods with per-step draws
 def test_resume_mid_epoch_is_bit_identical(name, tmp_path, one_thread):
     r = load_recipe(f"{name}_digits", TINY + SMALL[name] + [f"train.epochs={EPOCHS}"])
     data, quiet = tiny_digits(), (lambda *a: None)
@@ -240,3 +241,30 @@ def test_pirl_losses_equal_eq5_in_float64():
 
     torch.testing.assert_close(pirl_softmax_loss(g, f, bank, t, tau, lam), lam * ce(g) + (1 - lam) * ce(f),
                                rtol=1e-10, atol=1e-10)
+
+
+def test_pirl_step_moves_the_bank_rows_towards_f_and_keeps_z():
+    m = _method("pirl")
+    x = [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]
+    idx = torch.tensor([3, 7, 11, 190])
+    masks = m.make_masks(4, torch.Generator().manual_seed(0))
+    order, offsets, neg = masks
+    assert (order.sort(1).values == torch.arange(9)).all() and neg.shape == (4, 16) and int(neg.max()) < 192
+    before = m.bank.bank.clone()
+    torch.manual_seed(0)
+    out = m(x, indices=idx, masks=masks)
+    torch.manual_seed(1)  # the global RNG plays no part
+    assert torch.equal(m(x, indices=idx, masks=masks)["loss"], out["loss"])
+    z = m.nce_z.clone()
+    assert (z > 0).all() and torch.equal(out["nce_z_tiles"], z[0])
+    with torch.no_grad():
+        f = F.normalize(m.f_head(m.backbone(x[0])), dim=1)
+    m.after_step(0.0)
+    torch.testing.assert_close(m.bank.bank[idx], F.normalize(0.5 * before[idx] + 0.5 * f, dim=1))
+    others = torch.ones(192, dtype=torch.bool)
+    others[idx] = False
+    assert torch.equal(m.bank.bank[others], before[others])
+    m(x, indices=idx, masks=masks)
+    assert torch.equal(m.nce_z, z)  # estimated once, from the first batch
+    with pytest.raises(ValueError, match="pirl needs the dataset row index"):
+        m(x)
