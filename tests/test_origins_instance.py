@@ -169,10 +169,11 @@ def test_exemplar_plain_accumulation_equals_the_full_batch():
         torch.testing.assert_close(p.grad, ref[n], rtol=0, atol=1e-12)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_counting_short_run_optimises_the_counting_objective(tmp_path: Path):
-    """counting_digits (linear counts, clipped) on 256 images x 4 epochs (16 steps): the count mismatch
+    """counting_digits (linear counts, clipped) on 256 images x 2 epochs (8 steps): the count mismatch
     ||phi(D x) - sum_j phi(T_j x)||^2 falls and the counts stay away from the trivial phi = 0.
-    Measured (seed 0): mismatch 59.2 -> 23.4 per epoch, count norm 3.95 -> 3.86; the contrastive hinge is never
+    Measured (seed 0): mismatch 59.2 -> 38.6 per epoch (23.4 by epoch 4), count norm 3.95 -> 4.27; the hinge is never
     active this early (other images' distances exceed M), so M ~ 0 gives the same run. The sign-flipped loss fails.
     Its kNN gain is small: 256 images x 12 epochs gave 0.529 (0.520 at 24 epochs; at 32 px 0.610 vs 0.583 random
     init) against 0.497 at random init, short of MARGIN, so counting has no kNN learning test."""
@@ -181,13 +182,13 @@ def test_counting_short_run_optimises_the_counting_objective(tmp_path: Path):
     data = shifted_digits()
     sub = DataSplits(ImageArray(data.train.images[:256], data.train.labels[:256], data.train.classes), data.test,
                      data.name, data.num_classes)
-    r = load_recipe("counting_digits", LEARN + ["data.batch_size=64", "train.epochs=4", f"train.out_dir={tmp_path}"])
+    r = load_recipe("counting_digits", LEARN + ["data.batch_size=64", "train.epochs=2", f"train.out_dir={tmp_path}"])
     torch.manual_seed(0)
     method = build_method(r, data.train.channels, data.train.image_size)
     train(r, run_dir=tmp_path / "run", data=sub, method=method, log=lambda *a: None)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0], rows[-1]
-    assert last["count_mismatch"] < 0.6 * first["count_mismatch"], rows
+    assert last["count_mismatch"] < 0.8 * first["count_mismatch"], rows
     assert last["count_norm"] > 0.5, rows
 
 
