@@ -106,6 +106,29 @@ def test_npid_step_draws_noise_estimates_z_once_and_updates_the_bank():
     assert _method("npid_digits").make_masks(8, torch.Generator()) is None  # softmax: no noise draw
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_npid_resume_mid_epoch_is_bit_identical(tmp_path: Path):
+    """The bank, Z and the noise draws resume exactly (tests/test_resume.py's check, NCE objective)."""
+    from test_resume import _assert_same_run
+    from train_utils import TINY as TRAIN_TINY, tiny_digits
+
+    from selfsup.train import checkpoint as ckpt
+
+    r = load_recipe("npid_digits", TRAIN_TINY + ["train.epochs=2", "method.objective=nce", "method.memory_size=192",
+                                                 "method.negatives=16"])
+    data, quiet = tiny_digits(), (lambda *a: None)
+    torch.manual_seed(0)
+    straight = train(r, run_dir=tmp_path / "a", data=data, method=build_method(r, 1, 16), log=quiet)
+    run = tmp_path / "b"
+    torch.manual_seed(0)
+    train(r, run_dir=run, data=data, method=build_method(r, 1, 16), stop_after_step=8, log=quiet)
+    state = ckpt.load(run / "checkpoint.pt")
+    assert state["global_step"] == 8 and state["method"]["nce_z"] > 0
+    torch.manual_seed(1)
+    train(r, run_dir=run, resume=True, data=data, method=build_method(r, 1, 16), log=quiet)
+    _assert_same_run(straight, run)
+
+
 # ---- Exemplar CNN --------------------------------------------------------------------------------------------
 
 def test_exemplar_seed_subset_is_seeded_and_classes_are_rows():
