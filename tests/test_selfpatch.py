@@ -58,6 +58,7 @@ def _reference(student, teacher, center, ts, tt):
     """The module docstring's equation, written out in float64 loops."""
     total = 0.0
     for s, t in zip(student, teacher):
+        s = s.detach()
         b, n, k = s.shape
         view = 0.0
         for bi, i in itertools.product(range(b), range(n)):
