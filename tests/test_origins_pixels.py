@@ -5,6 +5,7 @@ float64 references written here from the papers' equations, closed-form cases, a
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -187,6 +188,12 @@ def test_denoising_loss_emphasis():
     assert denoising_loss(z, x, j, alpha=2.0, beta=0.5).item() == pytest.approx(want.item(), abs=1e-12)
 
 
+@functools.cache
+def _colour_digits16():
+    """The colour digits at 16 px, generated once for this module."""
+    return load_data(None, format="colour_digits", image_size=16)
+
+
 # ---- methods --------------------------------------------------------------------------------------------
 
 def _method(recipe: str, channels: int, extra=()):
@@ -212,7 +219,7 @@ def test_colorization_sees_lightness_only_and_rebalances():
     a, b = norm(lab_to_rgb(lab)), norm(lab_to_rgb(recoloured))
     la, lb = (m.logits(m.grey_input(m.lab(v)), (4, 4))[0] for v in (a, b))
     assert not torch.equal(a, b) and torch.allclose(la, lb, atol=1e-4)  # the colour never reaches the network
-    data = load_data(None, format="colour_digits", image_size=16)
+    data = _colour_digits16()
     x = (data.train.images[:64].float() / 255 - m.mean) / m.std
     assert torch.equal(m.class_weights, torch.ones_like(m.class_weights))
     logs = m.prepare([x[:32], x[32:]])
@@ -230,7 +237,7 @@ def test_colorization_sees_lightness_only_and_rebalances():
 
 
 def test_colour_digits_keep_the_digits_and_are_deterministic():
-    a = load_data(None, format="colour_digits", image_size=16)
+    a = _colour_digits16()
     b = load_data(None, format="colour_digits", image_size=16)
     grey = load_digits_splits(16)
     assert a.train.images.shape == (1437, 3, 16, 16) and torch.equal(a.train.images, b.train.images)
@@ -286,7 +293,7 @@ def test_colorization_resumes_mid_epoch_bit_identically(tmp_path):
     from test_resume import _assert_same_run
     from train_utils import TINY as TINY_RUN
 
-    d = load_data(None, format="colour_digits", image_size=16)
+    d = _colour_digits16()
     cut = lambda s, n: ImageArray(s.images[:n], s.labels[:n], s.classes)
     data = DataSplits(cut(d.train, 192), cut(d.test, 64), d.name, d.num_classes)
     r = load_recipe("colorization_digits", TINY_RUN + ["train.epochs=2", "method.prior_images=192"])
