@@ -11,9 +11,9 @@ Measured (1 thread, seed 0; kNN top-1, random-init baseline -> trained, the reci
   context_encoder  (digits)         0.497 -> 0.551
   denoising_ae     (digits)         0.497 -> 0.557
 Broken, seed 0 (the loss negated): colorization 0.365, denoising_ae 0.441, context_encoder 0.398 (all fail).
-Tuning that did not reach the margin (44 steps): lr 1e-3 (colorization +0.018, context encoder +0.017, denoising
-+0.044 at noise 0.25), a dropped centre (+0.000), 4 blocks of 0.25 (+0.030). Time (``--durations``): 48 s for the 3 (15-17 s
-each) on the 2-core dev machine under a load average of ~15 from other jobs.
+Tuning that did not reach the margin (44 steps): lr 1e-3 (colorization +0.018, context encoder +0.017,
+denoising +0.044 at noise 0.25), a dropped centre (+0.000), 4 blocks of 0.25 (+0.030). Time (``--durations``):
+48 s for the 3 (15-17 s each) on the 2-core dev machine under a load average of ~15 from other jobs.
 """
 
 from __future__ import annotations
