@@ -23,7 +23,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="dotted recipe overrides")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from test_catalogue_learning import short_run_knn  # the tests' measure, unchanged
 
