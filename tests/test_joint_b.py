@@ -4,17 +4,17 @@ the random-init backbone's kNN (tests/test_catalogue_learning.py's short_run_knn
 see below). 2-process gloo DDP parity of the three losses is in tests/test_catalogue_losses_ddp.py (one spawn).
 
 Measured (1 thread, seed 0; kNN top-1 on the shifted digits, random-init baseline 0.497): all4one 0.549 (+0.052,
-19-37 s under a load average of ~11); its loss sign inverted gives 0.433 and fails. visreg 0.574 (+0.077; lr 2,
-256 slices, the 2 global views only, the suite's 2 epochs = 44 steps; 3.0 s in the test after all4one's, whose
-baseline it shares, under a load average of ~2, 7-10 s under ~5); its loss sign inverted gives 0.324 and fails,
-and the prediction term alone (lambda 0) 0.491. The local crops slow VISReg in short runs: with them, 0.501 (2 epochs), 0.517 (3), 0.519 (lambda 0.2), 0.449 (lambda 0.05),
-0.492 (lr 0.5), 0.642 only after 8 epochs; with 2 local crops and 256 slices 0.522 (3 epochs, lambda 0.2), 0.506
-(the same, projector 256-64), 0.465 (2 epochs, lr 4, lambda 0.2); with none 0.599 (3 epochs), 0.609 (4), 0.620 (5)
-(benchmarks/short_run_knn.py). SMoG does not yet beat the
-baseline and has no learning test here: smog_digits 0.485 (lr 2), 0.510 (lr 1, the recipe's), and 0.475-0.498
-with resets every 10 steps, lr 0.5, temperature 0.2, 10 groups, 4 epochs, or no gradient through the group
-update; 8 epochs (176 steps, resets every 20): 0.447, although its step equals lightly's
-(benchmarks/smog_lightly_parity.py). The groups do not collapse (see selfsup/methods/smog.py's note).
+19-37 s under a load average of ~11); its loss sign inverted gives 0.433 and fails. visreg 0.574 (+0.077; lr 2, 256
+slices, the 2 global views only, the suite's 2 epochs = 44 steps; 3.0 s in the test after all4one's, whose baseline
+it shares, under a load average of ~2, 7-10 s under ~5); its loss sign inverted gives 0.324 and fails, and the
+prediction term alone (lambda 0) 0.491. The local crops slow VISReg in short runs: with them, 0.501 (2 epochs),
+0.517 (3), 0.519 (lambda 0.2), 0.449 (lambda 0.05), 0.492 (lr 0.5), 0.642 only after 8 epochs; with 2 local crops
+and 256 slices 0.522 (3 epochs, lambda 0.2), 0.506 (the same, projector 256-64), 0.465 (2 epochs, lr 4, lambda 0.2);
+with none 0.599 (3 epochs), 0.609 (4), 0.620 (5) (benchmarks/short_run_knn.py). SMoG does not yet beat the baseline
+and has no learning test here: smog_digits 0.485 (lr 2), 0.510 (lr 1, the recipe's), and 0.475-0.498 with resets
+every 10 steps, lr 0.5, temperature 0.2, 10 groups, 4 epochs, or no gradient through the group update; 8 epochs (176
+steps, resets every 20): 0.447, although its step equals lightly's (benchmarks/smog_lightly_parity.py). The groups
+do not collapse (see selfsup/methods/smog.py's note).
 """
 
 from __future__ import annotations
