@@ -1,4 +1,4 @@
-"""2-process gloo DDP parity of the full iBOT and DINOv2 losses (the method's forward on a tiny float64 ViT):
+"""2-process gloo DDP parity of the full iBOT, DINOv2 and SelfPatch losses (the method's forward on a tiny float64 ViT):
 the CLS and patch centers and the Sinkhorn teacher use statistics of the global batch, so the mean of the
 ranks' losses and the ranks' averaged parameter gradients must equal one process on the full batch, also
 at a second step whose loss uses the centers the first step updated. KoLeo is per process (DINOv2): its
@@ -66,6 +66,24 @@ def _run(rank: int, world: int) -> dict:
             res[step] = {"loss": value / world, "grads": {k: v / world for k, v in grads.items()}}
         res["centers"] = [m.criterion.center.clone(), m.patch_center.clone()]
         out[name] = res
+    m = _method("selfpatch_digits", ["method.patch_out_dim=12"])  # SelfPatch: centers move in after_step
+    res = {}
+    for step in range(2):
+        views, _ = _inputs(step)
+        rows = slice(rank * B // world, (rank + 1) * B // world)
+        o = m([v[rows] for v in views], 0.0)
+        m.zero_grad(set_to_none=True)
+        o["loss"].backward()
+        grads = {k: p.grad.detach().clone() for k, p in m.named_parameters() if p.grad is not None}
+        value = o["loss"].detach().clone()
+        if world > 1:
+            dist.all_reduce(value)
+            for gr in grads.values():
+                dist.all_reduce(gr)
+        res[step] = {"loss": value / world, "grads": {k: v / world for k, v in grads.items()}}
+        m.after_step(0.0)
+    res["centers"] = [m.center.clone(), m.patch_center.clone()]
+    out["selfpatch"] = res
     m = _method("dinov2_digits", [])  # KoLeo on: this rank's shard
     views, masks = _inputs(0)
     rows = slice(rank * B // world, (rank + 1) * B // world)
@@ -89,6 +107,18 @@ def test_ibot_and_dinov2_losses_and_gradients_are_exact_under_ddp(one_thread):
                                            msg=lambda msg: f"{name} step {step} grad {k}: {msg}")
         for c1, c2 in zip(single[name]["centers"], ddp[name]["centers"]):
             torch.testing.assert_close(c2, c1, rtol=1e-9, atol=1e-12)
+    for step in range(2):  # SelfPatch (Yun et al. 2022): CLS and patch centers of the global batch, in after_step
+        a, b = single["selfpatch"][step], ddp["selfpatch"][step]
+        # rtol 1e-7: the method accumulates the teacher sums for its centers in float32 (the ranks' partial sums
+        # round differently: centers within ~6e-9, step 1's loss within ~3e-9 relative)
+        torch.testing.assert_close(b["loss"], a["loss"], rtol=1e-7, atol=1e-12, msg=f"selfpatch step {step} loss")
+        assert a["grads"].keys() == b["grads"].keys() and any("aggregation" in k for k in a["grads"])
+        for k in a["grads"]:
+            torch.testing.assert_close(b["grads"][k], a["grads"][k], rtol=1e-5, atol=1e-9,
+                                       msg=lambda msg: f"selfpatch step {step} grad {k}: {msg}")
+    for c1, c2 in zip(single["selfpatch"]["centers"], ddp["selfpatch"]["centers"]):
+        assert c1.abs().sum() > 0
+        torch.testing.assert_close(c2, c1, rtol=1e-6, atol=1e-8)
     # the centers did move (and Sinkhorn left them alone), so the second step really used the global statistics
     assert single["ibot"]["centers"][1].abs().sum() > 0 and single["dinov2"]["centers"][0].abs().sum() > 0
     assert single["dinov2_sinkhorn"]["centers"][1].abs().sum() == 0
