@@ -114,8 +114,9 @@ def test_ibot_and_dinov2_losses_and_gradients_are_exact_under_ddp(one_thread):
         torch.testing.assert_close(b["loss"], a["loss"], rtol=1e-7, atol=1e-12, msg=f"selfpatch step {step} loss")
         assert a["grads"].keys() == b["grads"].keys() and any("aggregation" in k for k in a["grads"])
         for k in a["grads"]:
-            torch.testing.assert_close(b["grads"][k], a["grads"][k], rtol=1e-5, atol=1e-9,
-                                       msg=lambda msg: f"selfpatch step {step} grad {k}: {msg}")
+            torch.testing.assert_close(b["grads"][k], a["grads"][k], rtol=1e-5 if step == 0 else 1e-4,
+                                       atol=1e-9 if step == 0 else 1e-6,
+                                       msg=lambda msg: f"selfpatch step {step} grad {k}: {msg}")  # step 1: see above
     for c1, c2 in zip(single["selfpatch"]["centers"], ddp["selfpatch"]["centers"]):
         assert c1.abs().sum() > 0
         torch.testing.assert_close(c2, c1, rtol=1e-6, atol=1e-8)
