@@ -3,6 +3,7 @@ and kNN top-5 is left out with fewer than 6 classes."""
 
 import torch
 
+from selfsup.data.digit_scenes import load_digit_scenes
 from selfsup.eval import Metric, evaluate, results_table
 from selfsup.eval import plots
 from selfsup.eval.evaluate import EVAL_PROTOCOLS
@@ -54,10 +55,15 @@ def test_eval_table_fits_100_columns_on_every_protocol(tmp_path):
     run, _, _ = short_run("simclr_digits", tmp_path, ["eval.finetune_epochs=1", "eval.image_probe_epochs=1",
                                                       "eval.linear_epochs=2", "eval.lidar_samples=32",
                                                       "eval.lidar_views=2", "eval.linear_lrs=[0.1]",
-                                                      "eval.linear_wds=[0.0]"])
+                                                      "eval.linear_wds=[0.0]", "eval.dense_epochs=1"])
     printed = []
-    metrics = evaluate_run(run, data=data, protocols=list(EVAL_PROTOCOLS), log=printed.append)
+    # dense_miou needs per-pixel masks: it runs on the digit scenes (same size and channels), the rest on digits
+    metrics = evaluate_run(run, data=data, protocols=[p for p in EVAL_PROTOCOLS if p != "dense_miou"],
+                           log=printed.append)
     lines = printed[-1].splitlines()[1:]  # the table, under its one-line title
+    metrics += evaluate_run(run, data=load_digit_scenes(16), protocols=["dense_miou"], log=printed.append)
+    lines += printed[-1].splitlines()[1:]
+    assert any("mIoU" in m.name for m in metrics)  # the dense rows are in the table too
     protocols = {m.protocol for m in metrics}
     assert max(len(p) for p in protocols) > 80  # long protocols are there, and wrapped:
     assert all(len(line) <= 100 for line in lines), max(lines, key=len)
