@@ -19,9 +19,9 @@ VICREGL_CROPS = ("lightly 1.6 VICRegLTransform defaults (2 global crops 0.2-1, 6
                  "flip 0.5), from the official VICRegL code")
 VICREGL_HEADS = ("VICRegL official main_vicregl.py (--mlp 8192-8192-8192 global expander, --maps-mlp 512-512-512 "
                  "local expander for ResNet-50)")
-VICREGL_OURS = ("VICRegL: VICReg's ImageNet optimisation (Bardes et al. 2022 VICReg Sec. 4: LARS, lr 0.2 x B/256, wd "
-                "1e-6, 10 warm-up epochs; eta 1e-3 the LARS default), batch 2048 and 300 epochs (selfsup's choice "
-                "where the VICRegL table was not opened here)")
+VICREGL_OPTIM = ("VICRegL official README.md, 'Multi-node training', ResNet-50 300 epochs (--batch-size 2048 "
+                 "--optimizer lars --base-lr 0.2 --weight-decay 1e-06); main_vicregl.py --warmup-epochs 10 and "
+                 "--end-lr-ratio 0.001; utils.learning_schedule scales base-lr x B/256; optimizers.LARS eta 1e-3")
 OWN_CROPS = ("the method cuts its own crops (their geometry is needed): the trainer's views are BYOL's photometric "
              "pair uncropped and unflipped (Grill et al. 2020, Table 6: jitter 0.4/0.4/0.2/0.1 p 0.8, gray 0.2, "
              "blur 1.0/0.1, solarize 0/0.2)")
@@ -60,9 +60,10 @@ ROWS: list[tuple[str, str, Any, str]] = [
                                       ("method.flip_p", 0.5), ("data.image_size", 224)]),
     *_rows("vicregl", VICREGL_HEADS, [("method.projector", "8192-8192-8192"),
                                       ("method.local_projector", "512-512-512"), ("model.backbone", "resnet50")]),
-    *_rows("vicregl", VICREGL_OURS, [("optim.name", "lars"), ("optim.lr", 0.2), ("optim.lr_scaling", "linear"),
-                                     ("optim.weight_decay", 1e-6), ("optim.eta", 1e-3), ("optim.warmup_epochs", 10),
-                                     ("data.batch_size", 2048), ("train.epochs", 300)]),
+    *_rows("vicregl", VICREGL_OPTIM, [("optim.name", "lars"), ("optim.lr", 0.2), ("optim.lr_scaling", "linear"),
+                                      ("optim.weight_decay", 1e-6), ("optim.eta", 1e-3), ("optim.warmup_epochs", 10),
+                                      ("optim.final_lr_ratio", 0.001), ("data.batch_size", 2048),
+                                      ("train.epochs", 300)]),
     *_rows("vicregl", OWN_CROPS, _UNCROPPED),
     *_rows("detcon", DETCON, [("method.temperature", 0.1), ("method.n_masks", 16),
                               ("method.segmentation", "felzenszwalb"), ("data.batch_size", 4096),
