@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from selfsup.config import load_recipe
-from selfsup.losses.masked import data2vec_loss, data2vec_targets
+from selfsup.losses.masked_regression import data2vec_loss, data2vec_targets
 from selfsup.methods import METHODS
 from selfsup.methods.data2vec2 import Data2Vec2, Data2Vec2Decoder, annealed_momentum
 from selfsup.methods.ijepa import IJEPA, linear_momentum

@@ -28,9 +28,9 @@ from selfsup.losses import (UNIFIED_PRESETS, DINOLoss, barlow_twins_loss, batch_
                             relic_loss, relic_terms, simsiam_loss, sinkhorn_knopp, spherical_kmeans,
                             swapped_prediction, swav_loss, supcon, triplet, unified_contrastive, unified_preset,
                             vicreg_loss, vicreg_terms, wmse_loss)
-from selfsup.losses.masked import (data2vec_loss, data2vec_targets, ibot_patch_loss, ibot_teacher_probs, koleo_loss,
-                                   mae_loss, me_max, msn_loss, norm_pix_targets, patch_center_update, pmsn_loss,
-                                   power_law_prior, prior_kl, simmim_loss, sinkhorn_teacher)
+from selfsup.losses.masked import ibot_patch_loss, ibot_teacher_probs, koleo_loss, patch_center_update, sinkhorn_teacher
+from selfsup.losses.masked_regression import data2vec_loss, data2vec_targets, mae_loss, norm_pix_targets, simmim_loss
+from selfsup.losses.masked_siamese import me_max, msn_loss, pmsn_loss, power_law_prior, prior_kl
 from selfsup.losses.neighbors import msf_neighbours, msf_regression
 
 N, D, K = 32, 16, 24  # batch, embedding dim, prototypes / bank rows

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from selfsup.config import load_recipe
-from selfsup.losses.masked import mae_loss, norm_pix_targets, patchify, simmim_loss
+from selfsup.losses.masked_regression import mae_loss, norm_pix_targets, patchify, simmim_loss
 from selfsup.train.loop import build_method
 from selfsup.views.masks import random_mask
 from train_utils import TINY, VIT_TINY, changed, short_run, tiny_digits

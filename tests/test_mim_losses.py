@@ -1,5 +1,6 @@
-"""Masked-image-modeling / ViT-distillation losses (``selfsup.losses.masked``) against references written
-from the papers' equations with plain loops in float64, plus closed-form cases."""
+"""Masked-image-modeling / ViT-distillation losses (``selfsup.losses.masked``, ``.masked_regression`` and
+``.masked_siamese``) against references written from the papers' equations with plain loops in float64, plus
+closed-form cases."""
 
 from __future__ import annotations
 

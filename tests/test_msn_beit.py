@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.config import load_recipe
-from selfsup.losses.masked import me_max, power_law_prior, prior_kl
+from selfsup.losses.masked_siamese import me_max, power_law_prior, prior_kl
 from selfsup.methods.beit import TOKENIZER_FILE, fit_beit_tokenizer
 from selfsup.methods.msn import msn_momentum, n_dropped
 from selfsup.nets.tokenizers import HOGTargets, load_tokenizer

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.losses.masked import norm_pix_targets, patchify
+from selfsup.losses.masked_regression import norm_pix_targets, patchify
 
 from selfsup.nets.tokenizers import (
     HOGTargets,

@@ -24,9 +24,11 @@ __all__ = [
 ]
 __all__ += ["barlow_twins_loss", "cholesky_whiten", "wmse_loss", "sinkhorn_knopp", "swapped_prediction",
             "swav_loss", "spherical_kmeans", "nearest_prototype"]
-from selfsup.losses.masked import (data2vec_loss, data2vec_targets, ibot_patch_loss, ibot_teacher_probs, koleo_loss,
-                                   mae_loss, me_max, msn_loss, norm_pix_targets, patch_center_update, patchify,
-                                   pmsn_loss, power_law_prior, prior_kl, simmim_loss, sinkhorn_teacher, unpatchify)
+from selfsup.losses.masked import (ibot_patch_loss, ibot_teacher_probs, koleo_loss, patch_center_update,
+                                   sinkhorn_teacher)
+from selfsup.losses.masked_regression import (data2vec_loss, data2vec_targets, mae_loss, norm_pix_targets, patchify,
+                                              simmim_loss, unpatchify)
+from selfsup.losses.masked_siamese import me_max, msn_loss, pmsn_loss, power_law_prior, prior_kl
 
 __all__ += ["patchify", "unpatchify", "norm_pix_targets", "mae_loss", "simmim_loss", "ibot_teacher_probs",
             "patch_center_update", "ibot_patch_loss", "sinkhorn_teacher", "koleo_loss", "data2vec_targets",

@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from selfsup.losses.masked import mae_loss
+from selfsup.losses.masked_regression import mae_loss
 from selfsup.methods.base import Method, MethodConfig, fresh_generator, require_vit
 from selfsup.nets.tokenizers import HOGTargets, KMeansPatchTokenizer, load_tokenizer, save_tokenizer
 from selfsup.views.masks import blockwise_mask

@@ -10,7 +10,7 @@ representations, for images.
   the embedding is cloned M times, and the masked patches are **dropped** (MAE-style, ``mode="drop"``).
 - **Teacher**: an EMA of the whole encoder (a deep copy; ``ema_encoder_only: false``; the decoder is not
   EMA'd) runs **once per image on the unmasked input**; the targets are
-  :func:`selfsup.losses.masked.data2vec_targets` of the feed-forward outputs before the residual of its last
+  :func:`selfsup.losses.masked_regression.data2vec_targets` of the feed-forward outputs before the residual of its last
   ``average_top_k_layers`` blocks (``end_of_block_targets: false``; instance norm over the tokens per layer,
   mean, then layer norm), over the patch tokens (fairseq drops the extra tokens first), shared by the M clones.
 - **Decoder** (:class:`Data2Vec2Decoder`, fairseq's ``Decoder2d``): the encoder's patch outputs are scattered
@@ -18,7 +18,7 @@ representations, for images.
   ``mask_noise_std`` 0.01 (no learned mask token, no positions); then ``decoder_layers`` blocks of grouped
   ``Conv2d(decoder_kernel, groups=decoder_groups)`` -> LayerNorm without affine -> GELU, each with a residual
   when the widths agree, and a linear projection back to D.
-- **Loss**: :func:`selfsup.losses.masked.data2vec_loss` on the masked tokens (squared error summed over D,
+- **Loss**: :func:`selfsup.losses.masked_regression.data2vec_loss` on the masked tokens (squared error summed over D,
   times 1/sqrt(D), mean over the masked tokens = fairseq's sum divided by ``sample_size``), plus
   ``cls_loss`` x the same error between the student's cls token and the mean patch target.
 
@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from selfsup.losses.masked import data2vec_loss, data2vec_targets
+from selfsup.losses.masked_regression import data2vec_loss, data2vec_targets
 from selfsup.methods.base import Method, MethodConfig, fresh_generator, require_vit
 from selfsup.nets import EMA
 from selfsup.nets.vit import MaskedViT

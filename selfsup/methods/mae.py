@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from selfsup.losses.masked import mae_loss, norm_pix_targets, patchify, unpatchify
+from selfsup.losses.masked_regression import mae_loss, norm_pix_targets, patchify, unpatchify
 from selfsup.methods.base import Method, MethodConfig, fresh_generator, require_vit
 from selfsup.nets.vit import MaskedViT, sincos_2d
 from selfsup.views.masks import random_mask

@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from selfsup.losses.masked import msn_loss, pmsn_loss
+from selfsup.losses.masked_siamese import msn_loss, pmsn_loss
 from selfsup.methods.base import Method, MethodConfig, encode_views, fresh_generator, n_global_views, require_vit
 from selfsup.nets import EMA, cosine_momentum
 from selfsup.views.masks import random_mask

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from selfsup.losses.masked import simmim_loss
+from selfsup.losses.masked_regression import simmim_loss
 from selfsup.methods.base import Method, MethodConfig, fresh_generator, require_vit
 from selfsup.nets.vit import MaskedViT
 from selfsup.views.masks import grid_mask
