@@ -138,6 +138,11 @@ class OptimConfig(Section):
                        "SwAV, VICReg, MoCo v3)")
     warmup_epochs: float = Field(10, ge=0, description="linear lr warm-up from 0, in epochs; then a cosine decay")
     final_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of the peak lr")
+    lr_schedule: Literal["cosine", "step"] = Field("cosine", description="after the warm-up: cosine decay to "
+                                                   "final_lr_ratio, or step (x lr_gamma at each of lr_milestones)")
+    lr_milestones: list[float] = Field(default_factory=list, description="epochs at which the step schedule "
+                                       "multiplies the lr by lr_gamma (MoCo v1 and NPID: 120 and 160 of 200)")
+    lr_gamma: float = Field(0.1, gt=0, lt=1, description="the step schedule's factor at each milestone")
     clip_grad: float | None = Field(None, gt=0, description="clip the gradients' total norm to this (null: off)")
     layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay in pretraining (DINOv2 0.9): "
                                       "block i of L trains at decay^(L + 1 - i) x lr; ViT and ResNet backbones")
@@ -252,6 +257,18 @@ class Recipe(Section):
         if self.optim.warmup_epochs > self.train.epochs:
             raise ValueError(f"optim.warmup_epochs={self.optim.warmup_epochs} exceeds train.epochs={self.train.epochs}; "
                              f"lower optim.warmup_epochs")
+        o, epochs = self.optim, self.train.epochs
+        if o.lr_schedule == "cosine" and o.lr_milestones:
+            raise ValueError("optim.lr_milestones apply to the step schedule; set optim.lr_schedule=step or drop them")
+        if o.lr_schedule == "step":
+            if not o.lr_milestones:
+                raise ValueError("optim.lr_schedule=step needs optim.lr_milestones (epochs), e.g. [120, 160]")
+            if any(not o.warmup_epochs <= m < epochs for m in o.lr_milestones) or \
+                    list(o.lr_milestones) != sorted(set(o.lr_milestones)):
+                raise ValueError(f"optim.lr_milestones={o.lr_milestones} must increase and lie in "
+                                 f"[warmup_epochs, train.epochs) = [{o.warmup_epochs:g}, {epochs})")
+            if o.final_lr_ratio:
+                raise ValueError("optim.final_lr_ratio is the cosine floor; the step schedule has none: drop it")
         if self.model.vit != ViTConfig() and not is_vit_name(self.model.backbone):
             raise ValueError(f"model.vit options apply to timm ViT backbones (timm:vit_*), not {self.model.backbone}; "
                              f"drop them or set model.backbone=timm:vit_tiny_patch16_224")

@@ -11,7 +11,10 @@ from typing import Any
 
 MOCO1 = ("He et al. 2020 (MoCo), Sec. 3.3 and 4.1 (ResNet-50, fc to 128-D, tau 0.07, K 65536, m 0.999, SGD lr 0.03 "
          "at batch 256, wd 1e-4, momentum 0.9, 200 epochs; shuffle-BN over 8 GPUs)")
-MOCO1_OPT = "MoCo official main_moco.py (SGD over model.parameters(): wd 1e-4 on every parameter, lr x batch/256)"
+MOCO1_OPT = ("MoCo official main_moco.py (SGD over model.parameters(): wd 1e-4 on every parameter; lr 0.03 as given, "
+             "with no batch scaling, so selfsup's linear rule gives the same 0.03 at batch 256)")
+MOCO1_SCHED = ("MoCo official main_moco.py without --cos: adjust_learning_rate multiplies lr by 0.1 at each of "
+               "--schedule [120, 160] (per epoch, no warm-up); He et al. 2020 Sec. 4.1")
 MOCO1_AUG = ("MoCo official main_moco.py without --aug-plus (RandomResizedCrop scale 0.2-1, RandomGrayscale 0.2, "
              "ColorJitter(0.4, 0.4, 0.4, 0.4) always, flip; no blur)")
 RESSL = ("ReSSL official ressl.py (lr 0.05 for 8 GPUs x 32 images, not rescaled; SGD momentum 0.9, wd 1e-4 except BN "
@@ -53,6 +56,8 @@ ROWS: list[tuple[str, str, Any, str]] = [
                              ("method.projector", "128"), ("method.bn_splits", 8), ("model.backbone", "resnet50"),
                              ("optim.warmup_epochs", 0)]),
     *_rows("mocov1", MOCO1_OPT, [("optim.lr_scaling", "linear"), ("method.decay_all", True)]),
+    *_rows("mocov1", MOCO1_SCHED, [("optim.lr_schedule", "step"), ("optim.lr_milestones", [120, 160]),
+                                   ("optim.lr_gamma", 0.1)]),
     *_rows("mocov1", MOCO1_AUG, [("views.kind", "mocov1"), ("view0.scale", (0.2, 1.0)),
                                  ("view0.jitter", (0.4, 0.4, 0.4, 0.4, 1.0)), ("view0.gray_p", 0.2),
                                  ("view0.blur_p", 0.0), ("view1.blur_p", 0.0), ("view0.flip_p", 0.5)]),

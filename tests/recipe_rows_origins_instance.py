@@ -11,8 +11,8 @@ NPID = ("NPID official lemniscate.pytorch main.py (ImageNet: --low-dim 128, --nc
 NPID_PAPER = "Wu et al. 2018 (NPID), Sec. 3.2 and 4 (tau 0.07, K 4096, memory momentum 0.5, 128-d features)"
 NPID_AUG = ("NPID official main.py train transforms (RandomResizedCrop 224 scale 0.2-1, RandomGrayscale 0.2, "
             "ColorJitter(0.4, 0.4, 0.4, 0.4), RandomHorizontalFlip)")
-NPID_OURS = ("selfsup's choice: lemniscate steps the lr x0.1 at epochs 120 and 160; selfsup's schedule is warm-up + "
-             "cosine, so no warm-up and a cosine decay of the same peak lr")
+NPID_SCHED = ("NPID official lemniscate.pytorch main.py adjust_learning_rate: lr 0.03, x0.1 from epoch 120 and x0.01 "
+              "from epoch 160 of 200, no warm-up")
 EXEMPLAR = ("Dosovitskiy et al. 2014 (Exemplar CNN), Sec. 3-4: N = 16,000 surrogate classes of 32 x 32 seed patches "
             "from STL-10's 100,000 unlabelled images")
 EXEMPLAR_OURS = ("selfsup's choice (Exemplar CNN's Caffe network and solver were not reproduced): CIFAR-style ResNet-18, "
@@ -36,7 +36,8 @@ ROWS: list[tuple[str, str, Any, str]] = [
     *_rows("npid", NPID, [("optim.name", "sgd"), ("optim.lr", 0.03), ("optim.lr_scaling", "linear"),
                           ("data.batch_size", 256), ("optim.momentum", 0.9), ("optim.weight_decay", 5e-4),
                           ("train.epochs", 200), ("model.backbone", "resnet50"), ("method.memory_size", 1_281_167)]),
-    *_rows("npid", NPID_OURS, [("optim.warmup_epochs", 0), ("optim.final_lr_ratio", 0.0)]),
+    *_rows("npid", NPID_SCHED, [("optim.warmup_epochs", 0), ("optim.lr_schedule", "step"),
+                                ("optim.lr_milestones", [120, 160]), ("optim.lr_gamma", 0.1)]),
     *_rows("npid", NPID_AUG, [("views.kind", "crop"), ("view0.scale", (0.2, 1.0)), ("view0.jitter", (0.4, 0.4, 0.4, 0.4, 1.0)),
                               ("view0.gray_p", 0.2), ("view0.blur_p", 0.0), ("view0.flip_p", 0.5), ("data.image_size", 224)]),
     # Exemplar CNN

@@ -72,10 +72,12 @@ def dry_run(recipe: Recipe, run_dir: str | Path | None = None, data: DataSplits 
         f"parameters ({trainable / 1e6:.3g}M trained)")
     log(f"views: {cfg.views.kind or type(s.method).default_views}, {len(views)} per image ({view_text}); {n} images "
         f"-> backbone -> {list(plan['features'][0])} per view, {seconds:.2f} s")
+    schedule = (f"x{cfg.optim.lr_gamma:g} at epochs {', '.join(f'{m:g}' for m in cfg.optim.lr_milestones)}"
+                if cfg.optim.lr_schedule == "step" else f"cosine to {cfg.optim.final_lr_ratio:g} x peak")
     log(f"plan: {epochs} epochs x {steps} steps = {epochs * steps} steps, effective batch {cfg.data.batch_size} "
         f"({cfg.data.batch_size // env.world_size} x {env.world_size} process{'es' if env.world_size > 1 else ''}), "
         f"peak lr {s.peak_lr:.4g} ({cfg.optim.name}, optim.lr {cfg.optim.lr:g} with {cfg.optim.lr_scaling} batch "
-        f"scaling, {cfg.optim.warmup_epochs:g} warm-up epochs), "
+        f"scaling, {cfg.optim.warmup_epochs:g} warm-up epochs, {schedule}), "
         f"{cfg.train.precision} on {env.device}")
     where = f" in {run_dir}" if run_dir is not None else ""
     log(f"dry run: everything builds; nothing was trained or written (a real run would write{where})")

@@ -32,7 +32,7 @@ from selfsup.train.loggers import open_loggers
 from selfsup.train.optim import set_lr_wd
 from selfsup.train.preview import write_view_preview
 from selfsup.train.resume import agree_run_dir, resume_from, save_checkpoint, start_run
-from selfsup.train.schedules import cosine, warmup_cosine
+from selfsup.train.schedules import cosine, warmup_cosine, warmup_step
 from selfsup.train.session import EpochState, Session, build_method, make_run_dir, setup
 from selfsup.train.setup import Env, agree_finite, autocast, average_norm_buffers, broadcast_flag
 
@@ -195,7 +195,11 @@ def train_one_step(s: Session, e: EpochState, x: torch.Tensor, y: torch.Tensor |
     cfg, env = s.cfg, s.env
     warmup = cfg.optim.warmup_epochs / cfg.train.epochs
     wd_end = cfg.optim.weight_decay if cfg.optim.weight_decay_end is None else cfg.optim.weight_decay_end
-    lr = warmup_cosine(s.peak_lr, progress, warmup, cfg.optim.final_lr_ratio * s.peak_lr)
+    if cfg.optim.lr_schedule == "step":
+        lr = warmup_step(s.peak_lr, progress, warmup, [m / cfg.train.epochs for m in cfg.optim.lr_milestones],
+                         cfg.optim.lr_gamma)
+    else:
+        lr = warmup_cosine(s.peak_lr, progress, warmup, cfg.optim.final_lr_ratio * s.peak_lr)
     wd = cosine(cfg.optim.weight_decay, wd_end, progress)
     set_lr_wd(s.opt, lr, wd, s.peak_lr)
     e.last = {"lr": lr, "weight_decay": wd}

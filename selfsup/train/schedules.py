@@ -19,6 +19,16 @@ def warmup_cosine(peak: float, progress: float, warmup: float, final: float = 0.
     return cosine(peak, final, (progress - warmup) / max(1.0 - warmup, 1e-12))
 
 
+def warmup_step(peak: float, progress: float, warmup: float, milestones: list[float], gamma: float) -> float:
+    """Linear warmup from 0 to ``peak`` over the first ``warmup`` fraction, then ``peak`` multiplied by ``gamma``
+    at each milestone passed: the step schedule of MoCo v1 (x0.1 at epochs 120 and 160 of 200, He et al. 2020
+    Sec. 4.1) and NPID. ``milestones`` are fractions of training, so a milestone falls on the first step of its
+    epoch exactly as in the official per-epoch ``adjust_learning_rate``."""
+    if warmup > 0 and progress < warmup:
+        return peak * progress / warmup
+    return peak * gamma ** sum(progress >= m for m in milestones)
+
+
 def scaled_lr(base_lr: float, batch_size: int, rule: str = "linear", reference: int | None = None) -> float:
     """Batch-size scaling of the base lr: ``linear`` = base x B/reference (reference 256 by default, Goyal et
     al., 2017; SimMIM uses 512); ``sqrt`` = base x sqrt(B/reference) (reference 1 by default: SimCLR's appendix
