@@ -179,3 +179,73 @@ def test_koleo_prevents_collapse(tmp_path):
                              epochs=2, data=data)
     u_alone, u_spread = _uniformity(alone, data), _uniformity(spread, data)
     assert u_alone > -0.5 and u_spread < u_alone - 1.0, (u_alone, u_spread)
+
+
+# Methods with a forward of their own that pass their live view embeddings to Method.regularize (the second
+# catalogue's joint-embedding methods; MoCo v1 inherits MoCo v2's forward).
+OWN_FORWARD = ["mocov1_digits", "mocov2_digits", "ressl_digits", "nnbyol_digits", "nnsiam_digits",
+               "fastsiam_digits", "smog_digits", "all4one_digits", "mmcr_digits"]
+
+
+def _forward(m, views, seed: int = 5):
+    torch.manual_seed(seed)  # MoCo/ReSSL's shuffle-BN permutation comes from the global RNG
+    return m(views)
+
+
+@pytest.mark.parametrize("recipe", OWN_FORWARD)
+def test_own_forward_methods_opt_in(recipe, monkeypatch):
+    """Weight 0: loss and backbone gradients bit-identical to the method with ``regularize`` bypassed, no terms
+    logged. Weight > 0: the loss grows by exactly the weighted terms, the terms are KoLeo / CO2 by hand (float64)
+    on the embeddings the method passed (each [n, D], at least one with gradient), and the gradient changes."""
+    _, zero = _method(recipe, ["method.regularizers.koleo=0", "method.regularizers.co2=0"])
+    _, reg = _method(recipe, ["method.regularizers.koleo=0.5", "method.regularizers.co2=0.3"])
+    reg.load_state_dict(zero.state_dict())
+    views = _views(n=16)  # shuffle-BN's 8 groups need 16 images
+    out0 = _forward(zero, views)
+    g0 = torch.autograd.grad(out0["loss"], list(zero.backbone.parameters()))
+    assert "reg_koleo" not in out0 and "reg_co2" not in out0
+    seen = []
+    real = type(reg).regularize
+
+    def spy(self, out, z):
+        seen.append(z)
+        return real(self, out, z)
+
+    monkeypatch.setattr(type(reg), "regularize", spy)
+    out = _forward(reg, views)
+    g = torch.autograd.grad(out["loss"], list(reg.backbone.parameters()))
+    monkeypatch.setattr(type(reg), "regularize", lambda self, out, z: out)
+    bare = _forward(zero, views)
+    g_bare = torch.autograd.grad(bare["loss"], list(zero.backbone.parameters()))
+    assert torch.equal(out0["loss"], bare["loss"]) and all(torch.equal(a, b) for a, b in zip(g0, g_bare))
+
+    (z,) = seen
+    assert len(z) >= 2 and all(v.shape[0] == 16 and v.dim() == 2 for v in z) and any(v.requires_grad for v in z)
+    live = [v.detach() for v in z if v.requires_grad]
+    koleo = sum(koleo_ref(v) for v in live) / len(live)
+    co2 = co2_ref(z[0].detach(), z[1].detach(), 0.05)
+    assert out["reg_koleo"].item() == pytest.approx(koleo, rel=1e-5)
+    assert out["reg_co2"].item() == pytest.approx(co2, rel=1e-4, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(out0["loss"].item() + 0.5 * koleo + 0.3 * co2, rel=1e-5, abs=1e-5)
+    assert any(not torch.allclose(a, b) for a, b in zip(g, g0))
+
+
+def test_every_method_either_opts_in_or_refuses_in_one_line():
+    """Each method's digits recipe with KoLeo on either loads (it opts in) or stops with the one-line error."""
+    from pathlib import Path
+
+    import selfsup
+
+    recipes = Path(selfsup.__file__).parent / "recipes"
+    opted = {n for n, c in METHODS.items() if c.supports_regularizers()}
+    assert {r.removesuffix("_digits") for r in OWN_FORWARD} <= opted
+    assert {"dino", "detcon", "densecl", "rotnet"}.isdisjoint(opted)
+    for name, cls in METHODS.items():
+        if not (recipes / f"{name}_digits.yaml").exists():
+            continue
+        if name in opted:
+            load_recipe(f"{name}_digits", ["method.regularizers.koleo=0.1"])
+            continue
+        with pytest.raises(ConfigError, match="does not expose its live view embeddings") as e:
+            load_recipe(f"{name}_digits", ["method.regularizers.koleo=0.1"])
+        assert "\n" not in str(e.value) and "koleo=0" in str(e.value)

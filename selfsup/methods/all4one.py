@@ -57,6 +57,7 @@ class All4One(Method):
     Config = All4OneConfig
     default_views = "byol"
     teacher_attr = "teacher"  # evaluated: the online backbone
+    regularizable = True  # method.regularizers act on the online projections z
     no_accumulation_reason = "each step enqueues its momentum embeddings into the support queue of its one forward"
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: All4OneConfig, epochs: int = 100) -> None:
@@ -100,8 +101,8 @@ class All4One(Method):
         if labels is not None:
             out["nn_acc"] = (self.support.get_labels()[top[0][:, 0]] == labels).float().mean()
         self._pending = (m[0], labels)
-        return {**{k: v if k == "loss" else v.detach() for k, v in out.items()}, "feats": h[0].detach(),
-                "emb": z[0].detach()}
+        return self.regularize({**{k: v if k == "loss" else v.detach() for k, v in out.items()},
+                                "feats": h[0].detach(), "emb": z[0].detach()}, z)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:

@@ -29,9 +29,10 @@ class FastSiamConfig(SimSiamConfig):
 
 class FastSiam(SimSiam):
     Config = FastSiamConfig
+    regularizable = True  # method.regularizers act on every view's projection z (CO2: views 0 and 1)
 
     def forward(self, views, progress=0.0, labels=None):
         h = encode_views(self.backbone, views[:n_global_views(views)])
         z = [self.projector(x) for x in h]
         p = [self.predictor(x) for x in z]
-        return {"loss": fastsiam_loss(p, z), "feats": h[0].detach(), "emb": z[0].detach()}
+        return self.regularize({"loss": fastsiam_loss(p, z), "feats": h[0].detach(), "emb": z[0].detach()}, z)

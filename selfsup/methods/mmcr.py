@@ -39,6 +39,7 @@ class MMCR(Method):
     Config = MMCRConfig
     default_views = "multicrop"  # the recipes set n_global (K) and n_local 0
     teacher_attr = "teacher"  # evaluated: the online encoder
+    regularizable = True  # method.regularizers act on every view's online projection (CO2: views 0 and 1)
     no_accumulation_reason = ("the nuclear norm of the centroids is not a sum over images and the momentum views "
                               "carry no gradient; there is no embed/objective split")
 
@@ -60,7 +61,7 @@ class MMCR(Method):
             loss = mmcr_loss(torch.cat([z, zm], 1))  # centroid = (online mean + momentum mean) / 2
             if self.cfg.lambda_:
                 loss = loss + self.cfg.lambda_ * torch.linalg.svdvals(F.normalize(z.float(), dim=-1)).sum(-1).mean()
-        return {"loss": loss, "feats": h[0].detach(), "emb": z[:, 0].detach()}
+        return self.regularize({"loss": loss, "feats": h[0].detach(), "emb": z[:, 0].detach()}, list(z.unbind(1)))
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:

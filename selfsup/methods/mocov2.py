@@ -84,6 +84,7 @@ class MoCoV2(Method):
     no_accumulation_reason = "each step enqueues the keys of its one forward"
     default_views = "mocov2"
     teacher_attr = "key_encoder"  # evaluated: the query encoder (official main_lincls.py loads encoder_q)
+    regularizable = True  # method.regularizers act on the queries q (asymmetric: q and its key, CO2's two views)
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: MoCoV2Config, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
@@ -104,7 +105,8 @@ class MoCoV2(Method):
         queue = self.queue.get()
         loss = sum(moco_infonce(qi, ki, queue, self.cfg.temperature) for qi, ki in zip(q, k)) / len(q)
         self._keys = torch.cat(k, 0).detach()
-        return {"loss": loss, "feats": h[0].detach(), "emb": q[0].detach()}
+        z = q if len(q) == 2 else [q[0], k[0]]  # the key has no gradient: KoLeo skips it, CO2 compares to it
+        return self.regularize({"loss": loss, "feats": h[0].detach(), "emb": q[0].detach()}, z)
 
     def param_groups(self) -> list[dict]:
         """One group with every trainable parameter (the official code's SGD decays biases and BN too);

@@ -38,6 +38,7 @@ class NNBYOL(BYOL):
     Config = NNBYOLConfig
     accumulation = None
     no_accumulation_reason = "each step enqueues the support set of its one forward"
+    regularizable = True  # method.regularizers act on the online projections, as BYOL's
 
     def __init__(self, backbone, feat_dim: int, cfg: NNBYOLConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
@@ -46,7 +47,8 @@ class NNBYOL(BYOL):
 
     def forward(self, views, progress=0.0, labels=None):
         h = encode_views(self.backbone, views[:2])
-        p = [self.predictor(self.projector(x)) for x in h]
+        online = [self.projector(x) for x in h]
+        p = [self.predictor(x) for x in online]
         with torch.no_grad():
             t = [F.normalize(x, dim=1) for x in encode_views(self.teacher, views[:2])]
         out = {}
@@ -59,7 +61,7 @@ class NNBYOL(BYOL):
                 _, idx = nearest_neighbour(t[0], support, return_index=True)
                 out["nn_acc"] = (self.support.get_labels()[idx] == labels).float().mean()
         self._pending = (t[0], labels)
-        return {"loss": loss, "feats": h[0].detach(), "emb": p[0].detach(), **out}
+        return self.regularize({"loss": loss, "feats": h[0].detach(), "emb": p[0].detach(), **out}, online)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:

@@ -38,6 +38,7 @@ class NNSiam(SimSiam):
     Config = NNSiamConfig
     accumulation = None
     no_accumulation_reason = "each step enqueues the support set of its one forward"
+    regularizable = True  # method.regularizers act on the projections z, as SimSiam's
     default_views = "byol"
 
     def __init__(self, backbone, feat_dim: int, cfg: NNSiamConfig, epochs: int = 100) -> None:
@@ -60,7 +61,7 @@ class NNSiam(SimSiam):
                 _, idx = nearest_neighbour(zn[0], support, return_index=True)
                 out["nn_acc"] = (self.support.get_labels()[idx] == labels).float().mean()
         self._pending = (zn[0], labels)
-        return {"loss": loss, "feats": h[0].detach(), "emb": z[0].detach(), **out}
+        return self.regularize({"loss": loss, "feats": h[0].detach(), "emb": z[0].detach(), **out}, z)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:

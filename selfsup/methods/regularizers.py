@@ -10,9 +10,12 @@
   ``CO2Regularizer``; the paper uses MoCo's queue, which a generic method does not have).
 
 Both act on the method's *live* embeddings of the views, the ones its loss sees and backpropagates through
-(``Method.embed``'s projections for the embed/objective methods; the online projections for BYOL, SimSiam,
-MoCo v3, NNCLR, TiCo), returned by the method as ``z`` in :meth:`Method.regularize`. The loss becomes
-``loss + koleo * L_KoLeo + co2 * L_CO2``, and each term is logged (``reg_koleo``, ``reg_co2``).
+(``Method.embed``'s projections for the embed/objective methods; the online projections for BYOL, SimSiam, MoCo
+v1/v2/v3, NNCLR, TiCo, ReSSL, NNBYOL, NNSiam, FastSiam, SMoG, All4One and MMCR), returned by the method as ``z``
+in :meth:`Method.regularize`; a view without gradient (a momentum encoder's) enters CO2 only. Every other method
+(its own ``forward`` without ``regularizable = True``: the dense, masked-image and pretext methods, DINO, SwAV,
+...) refuses a non-zero weight with a one-line error (:func:`~selfsup.methods.base.regularizer_problem`).
+The loss becomes ``loss + koleo * L_KoLeo + co2 * L_CO2``, and each term is logged (``reg_koleo``, ``reg_co2``).
 
 Exact under DDP: both are computed on this rank's rows against the global batch (gathered with gradient),
 so the mean over ranks equals the single-process value on the global batch (DINOv2's own KoLeo is per

@@ -59,6 +59,7 @@ class ReSSL(Method):
     no_accumulation_reason = "each step enqueues the teacher keys of its one forward"
     default_views = "msf"
     teacher_attr = "teacher"  # evaluated: the student (official linear_eval.py loads encoder_q)
+    regularizable = True  # method.regularizers act on the student's q (and the teacher's k, CO2's second view)
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: ReSSLConfig, epochs: int = 100) -> None:
         super().__init__(backbone, feat_dim, cfg, epochs)
@@ -76,7 +77,7 @@ class ReSSL(Method):
             k = F.normalize(split_forward(self.teacher, views[1], splits, shuffle=True), dim=1)
         loss = ressl_loss(q, k, self.queue.get(), self.cfg.student_temp, self.cfg.teacher_temp)
         self._keys = k.detach()
-        return {"loss": loss, "feats": h.detach(), "emb": q.detach()}
+        return self.regularize({"loss": loss, "feats": h.detach(), "emb": q.detach()}, [q, k])
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:

@@ -61,6 +61,7 @@ class SMoG(Method):
     Config = SMoGConfig
     default_views = "byol"
     teacher_attr = "teacher"  # evaluated: the online encoder
+    regularizable = True  # method.regularizers act on the online z (and the momentum t, CO2's second view)
     no_accumulation_reason = ("its group features move synchronously inside each step, with the whole batch; "
                               "there is no embed/objective split")
 
@@ -88,7 +89,7 @@ class SMoG(Method):
             t = self.teacher(b)
         loss, groups = smog_loss(p, z, t, self.groups, self.cfg.beta, self.cfg.temperature)
         self._pending = (groups.detach(), z.detach())
-        return {"loss": loss, "feats": h.detach(), "emb": z.detach()}
+        return self.regularize({"loss": loss, "feats": h.detach(), "emb": z.detach()}, [z, t])
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:
