@@ -8,10 +8,21 @@ FastSiam 0.492).
 Measured (1 thread, seed 0; kNN top-1, random-init baseline 0.497 -> trained):
   mocov1 0.552   ressl 0.546   nnbyol 0.551   nnsiam 0.553   fastsiam 0.557
 Broken, seed 0 (each fails): loss sign inverted, mocov1 0.393 and ressl 0.481; targets taken from another image
-of the batch (rows rolled by one), nnbyol 0.479 and nnsiam 0.499; FastSiam's loss times 0, 0.472. Not caught:
-FastSiam with rolled targets reaches 0.556 in 44 steps (0.558 vs 0.562 correct after 4 epochs), and inverting the
-sign of a predictor loss (NNBYOL, NNSiam, FastSiam) is undone by the predictor; those losses' targets are checked
-by the float64 references and method tests in tests/test_catalogue_b.py.
+of the batch (rows rolled by one), nnbyol 0.479 and nnsiam 0.499; FastSiam's loss times 0, 0.472.
+Broken positive pairs (each fails; the breaks patched into the methods' loss functions):
+  the views of a tuple taken from different images (view u of tuple i is view u of image pi_u(i), an independent
+  permutation per view):            nnbyol 0.516   nnsiam 0.531   fastsiam 0.494
+  each view's target from a different other image (view v's target rolled by v + 1 rows; NN methods: the two
+  targets rolled by 1 and 2):       nnbyol 0.510   nnsiam 0.526   fastsiam 0.503
+Not a positive-pair break for FastSiam: every view's target rolled by the same one row (0.556 vs 0.557 correct;
+0.558 vs 0.562 after 4 epochs). With 4 views the 4 views of image i then still share one target, the mean
+projection of image i+1 (a different image each epoch, as the loader reshuffles): a noise-as-targets objective
+that ties the image's views together, so it learns the same invariance and no kNN test can tell it from the
+correct loss. (With 2 views the two targets come from 2 views and, in NNBYOL and NNSiam, 2 neighbours, and the
+same roll fails, above.) The roll is caught where it would live, by the float64 reference of fastsiam_loss
+(tests/test_catalogue_b.py fails with it). Inverting the sign of a predictor loss (NNBYOL, NNSiam, FastSiam) is
+undone by the predictor; those losses' targets are checked by the float64 references and method tests in
+tests/test_catalogue_b.py.
 Time: 32 s of CPU (``/usr/bin/time``, user) for the five with pytest start-up; 2 min 7 s wall (``--durations``)
 on the 2-core dev machine under a load average of ~13 from other jobs.
 """
