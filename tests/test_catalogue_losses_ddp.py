@@ -6,7 +6,9 @@ characteristic function, LeJEPA, VISReg's statistics and sort, TiCo's running co
 probe), IterNorm's whitening, VIbCReg, uniformity, DirectCLR's and MACL's negatives and MACL's alignment, CO2's
 in-batch negatives, KoLeo's global-batch neighbours (``distributed=True``, the any-method regulariser's), SMoG's group update over the
 global batch, All4One's feature columns and negatives, VICRegL's global and matched-local variance and
-covariance, DetCon's negatives over the gathered batch. Inputs with a view axis keep the batch on dim 0 and are rearranged inside each case.
+covariance, DetCon's negatives over the gathered batch, NPID's normaliser (an all-reduced mean), NCE and softmax,
+and its memory-bank update (gathered over ranks). Inputs with a view axis keep the batch on dim 0 and are
+rearranged inside each case.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from selfsup.losses import (align_uniform_loss, all4one_loss, co2_loss, directcl
                             feature_contrast, frossl_loss, iter_norm, koleo_loss, lejepa_loss, macl_loss, mmcr_loss,
                             random_slices, sigreg, smog_loss, tico_loss, total_coding_rate, uniformity_loss,
                             vibcreg_loss, visreg_loss)
+from selfsup.losses import nce_normalizer, npid_nce_loss, npid_softmax_loss
+from selfsup.nets import InstanceBank
 
 D = 4
 SLICES = random_slices(D, 32, torch.Generator().manual_seed(7), torch.float64)
@@ -128,6 +132,28 @@ def detcon_case(p0, p1, t0, t1, i0, i1):
     return detcon_loss(p0, p1, t0, t1, i0, i1, 0.1)
 
 
+# NPID (tests/test_instance_discrimination.py has the rest): the normaliser is an all-reduced batch mean, the bank
+# update gathers the global batch (every rank writes the same rows), then scores against the updated bank
+NPID_N, NPID_K = 20, 5
+_NG = torch.Generator().manual_seed(9)
+NPID_BANK = torch.nn.functional.normalize(torch.randn(NPID_N, D, generator=_NG, dtype=torch.float64), dim=1)
+
+
+def npid_nce_case(f, idx):
+    z = nce_normalizer(f, NPID_BANK[idx], NPID_N, 0.07)
+    return npid_nce_loss(f, NPID_BANK[idx], z, NPID_N, 0.07) + z / NPID_N
+
+
+def npid_softmax_case(f, t):
+    return npid_softmax_loss(f, NPID_BANK, t, 0.07)
+
+
+def npid_bank_case(f, idx, t):
+    bank = InstanceBank(NPID_N, D, seed=3).double()
+    bank.update(idx, f)  # gathered: a rank that wrote only its own rows would score against a different bank
+    return npid_softmax_loss(f, bank.bank, t, 0.07)
+
+
 def test_catalogue_losses_are_exact_under_ddp():
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
@@ -155,7 +181,11 @@ def test_catalogue_losses_are_exact_under_ddp():
              ("feature_contrast", feature_contrast_case, [r(n, D) for _ in range(4)]),
              ("all4one", all4one_case, [r(n, D) for _ in range(12)]),
              ("vicregl", vicregl_case, [r(n, D), r(n, D), r(n, 6, 3), r(n, 6, 3), r(n, 6, 2), r(n, 6, 2)]),
-             ("detcon", detcon_case, [r(n, 4, 5) for _ in range(4)] + [ids, torch.where(ids == 2, -3, ids)])]
+             ("detcon", detcon_case, [r(n, 4, 5) for _ in range(4)] + [ids, torch.where(ids == 2, -3, ids)]),
+             ("npid_nce", npid_nce_case, [r(n, D), torch.randint(0, NPID_N, (n, 1 + NPID_K), generator=g)]),
+             ("npid_softmax", npid_softmax_case, [r(n, D), torch.randint(0, NPID_N, (n,), generator=g)]),
+             ("npid_bank", npid_bank_case, [r(n, D), torch.randperm(NPID_N, generator=g)[:n],
+                                            torch.randint(0, NPID_N, (n,), generator=g)])]
     result = ddp_parity(cases)
     assert_parity(result)
     # every case compared a non-zero gradient, and a half batch would not have passed

@@ -1,6 +1,7 @@
 """NPID's pieces (Wu et al. 2018): the NCE loss, the Monte-Carlo normaliser and the full non-parametric softmax
-against float64 references written from the paper's equations, the instance bank's update rule, and 2-process
-gloo parity of the normaliser (a batch mean) and of the bank update (gathered over ranks)."""
+against float64 references written from the paper's equations and the instance bank's update rule. Their 2-process
+gloo parity (the normaliser, a batch mean; the bank update, gathered over ranks) is one case each in
+tests/test_catalogue_losses_ddp.py's single spawn."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddp_utils import assert_parity, ddp_parity
 from selfsup.losses import nce_normalizer, npid_nce_loss, npid_softmax_loss
 from selfsup.nets import InstanceBank
 
@@ -112,35 +112,3 @@ def test_bank_update_rule_and_bounds():
         bank.rows(torch.tensor([10]))
     s = InstanceBank.sample(4, 3, 10, torch.Generator().manual_seed(1))
     assert s.shape == (4, 3) and torch.equal(s, InstanceBank.sample(4, 3, 10, torch.Generator().manual_seed(1)))
-
-
-# ---- 2-process gloo parity -------------------------------------------------------------------------------
-
-_G = torch.Generator().manual_seed(9)
-_BANK = F.normalize(torch.randn(N, D, generator=_G, dtype=torch.float64), dim=1)
-_IDX = torch.randint(0, N, (8, 1 + K), generator=_G)
-_PERM = torch.randperm(N, generator=_G)[:8]
-_PROBE = torch.randn(N, D, generator=_G, dtype=torch.float64)
-
-
-def nce_case(f, idx):
-    # the normaliser estimated from this (global) batch, then the loss: both must match one process
-    z = nce_normalizer(f, _BANK[idx], N, TAU)
-    return npid_nce_loss(f, _BANK[idx], z, N, TAU) + z / N
-
-
-def softmax_case(f, t):
-    return npid_softmax_loss(f, _BANK, t, TAU)
-
-
-def bank_case(f, idx):
-    bank = InstanceBank(N, D, seed=3).double()
-    bank.update(idx, f)  # gathered: every rank writes the global batch's rows
-    return (bank.bank * _PROBE).sum() + 0.0 * f.sum()
-
-
-def test_ddp_parity_of_normaliser_loss_and_bank_update():
-    f = torch.randn(8, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    res = ddp_parity([("nce", nce_case, [f, _IDX]), ("softmax", softmax_case, [f, _IDX[:, 0]]),
-                      ("bank", bank_case, [f, _PERM])])
-    assert_parity(res)

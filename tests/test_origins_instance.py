@@ -103,7 +103,45 @@ def test_npid_step_draws_noise_estimates_z_once_and_updates_the_bank():
         m([x], 0.0, None, indices=torch.tensor([0, 1, 2, 40]), masks=(a[0][:4],))
     with pytest.raises(ValueError, match="indices"):
         m([x])
-    assert _method("npid_digits").make_masks(8, torch.Generator()) is None  # softmax: no noise draw
+    assert _method("npid_digits", ["method.objective=softmax"]).make_masks(8, torch.Generator()) is None  # no draw
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", ["npid", "pirl"])
+def test_bank_init_features_holds_each_images_feature_and_sets_z_from_it(name, tmp_path: Path):
+    """``bank_init: features`` (the digits recipes', issue 11's NCE collapse): through the trainer's
+    ``prepare``, bank row i is image i's feature from the initial network (training-mode BatchNorm, running
+    statistics left untouched), and the first batch's Z is then n x mean(exp(v.f / tau)) against those rows:
+    for this CNN ~10^4 times the random-bank estimate that let NCE collapse (PIRL: the f term's Z for both terms
+    with ``normalizer: shared``). Fails if prepare maps images to the wrong rows or skips the fill."""
+    import copy
+
+    from train_utils import TINY as TRAIN_TINY, tiny_digits
+
+    from selfsup.nets.instance_bank import initial_features
+    from selfsup.views import default_mean_std
+
+    extra = ["method.memory_size=192", "method.negatives=16"] + (["method.tile_size=8", "method.normalizer=shared"]
+                                                                  if name == "pirl" else [])
+    r = load_recipe(f"{name}_digits", TRAIN_TINY + ["train.epochs=1", f"train.out_dir={tmp_path}", *extra])
+    data = tiny_digits()
+    torch.manual_seed(0)
+    m = build_method(r, 1, 16)
+    initial, random_bank = copy.deepcopy(m), m.bank.bank.clone()
+    bn = {k: v.clone() for k, v in m.state_dict().items() if "running" in k}
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in default_mean_std(1))
+    x = (data.train.images.float() / 255 - mean) / std
+    want = F.normalize(initial_features(initial, initial.embed, [x]), dim=1)
+    assert all(torch.equal(v, initial.state_dict()[k]) for k, v in bn.items()) and initial.training
+    train(r, run_dir=tmp_path / "run", data=data, method=m, stop_after_step=1, log=lambda *a: None)
+    moved = (m.bank.bank - want).norm(dim=1) > 1e-5  # step 1's 32 rows moved on; the other 160 are as filled
+    assert int(moved.sum()) == 32, (int(moved.sum()), (m.bank.bank * want).sum(1)[:5])
+    torch.testing.assert_close(m.bank.bank[~moved], want[~moved], rtol=0, atol=1e-5)
+    z = m.nce_z.flatten()
+    z_random = random_bank.shape[0] * math.exp(1 / (2 * random_bank.shape[1] * 0.07 ** 2))  # uncorrelated rows
+    assert (z > 100 * z_random).all(), (z, z_random)
+    if name == "pirl":
+        assert z[0] == z[1]
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -230,6 +268,8 @@ _BASE: dict[str, float] = {}
 LEARNING = [
     pytest.param("npid_digits", ["method.memory_size=256"], id="npid"),
     pytest.param("exemplar_digits", ["method.num_images=256"], id="exemplar"),
+    pytest.param("pirl_digits", ["method.memory_size=256", "method.grid=2", "method.tile_size=8", "train.epochs=6"],
+                 id="pirl"),
 ]
 
 

@@ -11,9 +11,9 @@ __all__ = ["SmallCNN", "build_backbone", "feature_dim", "resnet", "torchvision_r
            "mlp", "online_probe", "out_dim", "parse_spec", "MemoryBank"]
 __all__ += ["DINOHead"]
 __all__ += ["Prototypes"]
-from selfsup.nets.instance_bank import InstanceBank
+from selfsup.nets.instance_bank import InstanceBank, initial_features
 
-__all__ += ["InstanceBank"]
+__all__ += ["InstanceBank", "initial_features"]
 from selfsup.nets.class_attention import ClassAttentionBlock, MatchingAggregation
 
 __all__ += ["ClassAttentionBlock", "MatchingAggregation"]
