@@ -238,7 +238,7 @@ def test_counting_short_run_optimises_the_counting_objective(tmp_path: Path):
     active this early (other images' distances exceed M), so M ~ 0 gives the same run. The sign-flipped loss fails.
     No kNN gain (tests/test_catalogue_learning.py's measure, 256 images x 12 epochs at batch 64): 0.529 at seed 0
     (0.520 at 24 epochs; at 32 px 0.610 vs 0.583) against 0.497 at random init, but 0.496 at seed 1 (random init
-    0.506) and 0.457 at seed 2. Also tried, seed 0, all <= 0.532: lr 0.01 / 0.2 0.486 / 0.498; the paper's ReLU
+    0.506) and 0.457 at seed 2 (0.516). Also tried, seed 0, all <= 0.532: lr 0.01 / 0.2 0.486 / 0.498; the paper's ReLU
     counts 0.464; heads 256-256-256 / 256-1000 0.478 / 0.476; margin 100 0.450; clip_grad 10 0.473; one filter
     (area) 0.532, so the per-image filter (the paper's shortcut fix) changes nothing here; crops 0.25-1 / 0.1-1
     0.517 / 0.515 (0.519 without flips); batch 32 0.506; the whole split for 2-3 epochs 0.512-0.527; stage 2/3
