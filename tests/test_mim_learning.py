@@ -32,6 +32,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import torch.nn as nn
+
 from selfsup.config import load_recipe
 from selfsup.train.loop import build_method, train
 from train_utils import knn_top1, tiny_digits
@@ -69,3 +71,27 @@ def test_short_run_teacher_beats_random_init(recipe, extra, tmp_path):
     baseline, trained = teacher_knn_run(recipe, extra, tmp_path)
     assert trained >= baseline + MARGIN, (f"{recipe}: teacher kNN top-1 {trained:.3f} after training vs "
                                           f"{baseline:.3f} at random init; a learning run gains more than {MARGIN}")
+
+
+@pytest.mark.parametrize("recipe, extra", CASES)
+def test_after_step_moves_every_teacher_parameter_and_copies_every_buffer(recipe, extra):
+    """The EMA teacher holds the same parameters and buffers as the student's ``Sequential(backbone, head)`` (every
+    ViT block, LayerScale, the mask token, the weight-normed prototypes, the head's BatchNorm statistics) and
+    ``after_step`` moves each parameter by ``xi <- tau xi + (1 - tau) theta`` and copies each buffer: nothing
+    the student trains is left at its random init in the teacher the recipes evaluate."""
+    torch.manual_seed(0)
+    m = build_method(load_recipe(recipe, VIT16 + extra), 1, 16)
+    head = m.projector if hasattr(m, "projector") else m.head
+    student, teacher = nn.Sequential(m.backbone, head), getattr(m, m.teacher_attr).module
+    assert teacher[0] is not m.backbone and list(teacher.state_dict()) == list(student.state_dict())
+    assert any(n.endswith("running_mean") for n in student.state_dict())  # the heads' BatchNorm is covered
+    old = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        for v in student.state_dict().values():  # parameters and buffers alike
+            v.add_(1.0) if v.is_floating_point() else v.add_(3)
+    tau = m.after_step(0.3)["momentum"]
+    assert 0 < tau < 1
+    s_params = {k for k, _ in student.named_parameters()}
+    for k, v in teacher.state_dict().items():
+        want = tau * old[k] + (1 - tau) * student.state_dict()[k] if k in s_params else student.state_dict()[k]
+        torch.testing.assert_close(v, want, msg=f"{recipe}: teacher {k}")

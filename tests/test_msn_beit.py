@@ -74,6 +74,25 @@ def test_msn_targets_carry_no_gradient_and_the_prototypes_learn():
     assert changed(before, m.target_encoder.state_dict(), "module.0.patch_embed")
 
 
+def test_msn_anchors_are_scored_against_their_own_images_targets():
+    """MSN's loss is ``msn_loss`` of each image's anchors (masked full-size crops, then focal crops) against that
+    image's target (the EMA encoder on view 0), recomputed here from the modules. With the targets rolled by one
+    image the loss differs by far more than the tolerance, so a forward that mismatched anchors and targets (a
+    shuffle across the batch) fails here; the short-run learning tests cannot see that (tests/test_mim_learning.py)."""
+    m = _method("msn", MSN_SMALL)
+    views = _msn_views(b=8)
+    mask = m.make_masks(8, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        bb, (t_bb, t_head) = m.backbone, m.target_encoder.module
+        anchors = torch.cat([m.projector(bb(views[1], mask[0], "drop")), m.projector(bb(torch.cat(views[2:])))])
+        targets = t_head(t_bb(views[0]))
+        want, rolled = m.loss(anchors, targets), m.loss(anchors, targets.roll(1, 0))
+    out = m(views, 0.0, masks=mask)
+    assert abs(rolled - want) > 1e-3  # the test can tell its own image's target from another's
+    torch.testing.assert_close(out["loss"].detach(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["emb"], targets, rtol=1e-5, atol=1e-6)
+
+
 def _reg_part(m, anchors, targets):
     """The loss minus the same loss with the regulariser weight set to 0."""
     full = m.loss(anchors, targets)
