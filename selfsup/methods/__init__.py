@@ -50,6 +50,7 @@ from selfsup.methods.fastsiam import FastSiam, FastSiamConfig
 from selfsup.methods.densecl import DenseCL, DenseCLConfig
 from selfsup.methods.vicregl import VICRegL, VICRegLConfig
 from selfsup.methods.detcon import DetCon, DetConConfig
+from selfsup.methods.detcon_b import DetConB, DetConBConfig
 from selfsup.methods.selfpatch import SelfPatch, SelfPatchConfig
 from selfsup.methods.rotnet import RotNet, RotNetConfig
 from selfsup.methods.jigsaw import Jigsaw, JigsawConfig
@@ -67,6 +68,7 @@ METHODS: dict[str, type[Method]] = {
     "densecl": DenseCL,
     "vicregl": VICRegL,
     "detcon": DetCon,
+    "detcon_b": DetConB,
     "byol": BYOL,
     "vicreg": VICReg,
     "simsiam": SimSiam,
@@ -144,7 +146,8 @@ __all__ += ["TiCo", "TiCoConfig", "MMCR", "MMCRConfig", "VIbCReg", "VIbCRegConfi
             "AlignUniformConfig", "MACL", "MACLConfig"]
 __all__ += ["MoCoV1", "MoCoV1Config", "ReSSL", "ReSSLConfig", "NNBYOL", "NNBYOLConfig", "NNSiam", "NNSiamConfig",
             "FastSiam", "FastSiamConfig"]
-__all__ += ["DenseCL", "DenseCLConfig", "VICRegL", "VICRegLConfig", "DetCon", "DetConConfig"]
+__all__ += ["DenseCL", "DenseCLConfig", "VICRegL", "VICRegLConfig", "DetCon", "DetConConfig", "DetConB",
+            "DetConBConfig"]
 __all__ += ["RotNet", "RotNetConfig", "Jigsaw", "JigsawConfig", "RelPatch", "RelPatchConfig", "PIRL", "PIRLConfig"]
 __all__ += ["NPID", "NPIDConfig"]
 __all__ += ["SMoG", "SMoGConfig", "All4One", "All4OneConfig", "VISReg", "VISRegConfig"]

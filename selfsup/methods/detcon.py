@@ -72,31 +72,47 @@ class DetCon(Method):
             return felzenszwalb_regions(image, self.cfg.n_regions, self.cfg.fh_scale)
         return kmeans_regions(image, self.cfg.n_regions, self.cfg.position_weight)
 
-    def forward(self, views, progress=0.0, labels=None, masks=None):
+    def crop_views(self, views, masks) -> list[torch.Tensor]:
+        """The two views cut by :meth:`make_masks`' crops (the trainer's views are uncropped)."""
         if masks is None:
-            raise ValueError("detcon crops and samples regions inside the method and needs masks= from make_masks "
-                             "(the trainer passes them; in your own loop call method.make_masks(batch, generator))")
+            raise ValueError(f"{self.cfg.name} crops and samples regions inside the method and needs masks= from "
+                             "make_masks (the trainer passes them; in your own loop call method.make_masks(batch, "
+                             "generator))")
+        crops, size = masks[0], views[0].shape[-1]
+        return [apply_crops(views[i], crops[:, i], size) for i in range(2)]
+
+    @torch.no_grad()
+    def sample_regions(self, views, masks, grid: tuple[int, int]) -> tuple[list[torch.Tensor], torch.Tensor,
+                                                                            torch.Tensor, torch.Tensor]:
+        """Regions of the uncropped ``views[0]``, warped through each view's crop onto the feature ``grid``, and
+        the ``n_masks`` sampled per image: ``(soft masks [B, M, h, w] per view, ids [B, M], ids of view 2 (-1 - id
+        where the region is absent from it: no positive), regions visible in both views [B])``."""
         crops, u = masks
         size = views[0].shape[-1]
-        with torch.no_grad():
-            onehot = one_hot_regions(self.regions(views[0]), self.cfg.n_regions)  # [B, K, H, W]
-        maps, softs = [], []
-        for i in range(2):
-            maps.append(feature_map(self.backbone, apply_crops(views[i], crops[:, i], size)))
-            with torch.no_grad():  # each region's share of every feature cell, through the view's crop
-                softs.append(F.adaptive_avg_pool2d(apply_crops(onehot, crops[:, i], size), maps[-1].shape[-2:]))
+        onehot = one_hot_regions(self.regions(views[0]), self.cfg.n_regions)  # [B, K, H, W]
+        # each region's share of every feature cell, through the view's crop
+        softs = [F.adaptive_avg_pool2d(apply_crops(onehot, crops[:, i], size), grid) for i in range(2)]
         visible = [s.flatten(2).sum(-1) > 1e-3 * s[0, 0].numel() for s in softs]  # [B, K] each
         both = visible[0] & visible[1]
         choose = torch.where(both.any(1, keepdim=True), both, visible[0])
         order = torch.argsort((~choose).to(torch.int8), dim=1, stable=True)  # candidate ids first
         n = choose.sum(1, keepdim=True).clamp_min(1)
         ids = order.gather(1, (u.to(order.device) * n).long().clamp_max(self.cfg.n_regions - 1))  # [B, M]
-        emb = []
-        for fmap, soft in zip(maps, softs):
-            m = soft.gather(1, ids[:, :, None, None].expand(-1, -1, *soft.shape[-2:]))
-            h = mask_pool(fmap, m)  # [B, M, C]
-            emb.append(self.projector(h.flatten(0, 1)).view(h.shape[0], h.shape[1], -1))
+        sel = [s.gather(1, ids[:, :, None, None].expand(-1, -1, *s.shape[-2:])) for s in softs]
         ids1 = torch.where(visible[1].gather(1, ids), ids, -1 - ids)  # absent from view 2: no positive
+        return sel, ids, ids1, both.sum(1)
+
+    @staticmethod
+    def pooled(head: nn.Module, fmap: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        """``head`` of each sampled region's mask-pooled feature: ``[B, M, D]``."""
+        h = mask_pool(fmap, soft)  # [B, M, C]
+        return head(h.flatten(0, 1)).view(h.shape[0], h.shape[1], -1)
+
+    def forward(self, views, progress=0.0, labels=None, masks=None):
+        x = self.crop_views(views, masks)
+        maps = [feature_map(self.backbone, v) for v in x]
+        sel, ids, ids1, both = self.sample_regions(views, masks, maps[0].shape[-2:])
+        emb = [self.pooled(self.projector, f, m) for f, m in zip(maps, sel)]
         loss = detcon_loss(emb[0], emb[1], emb[0], emb[1], ids, ids1, self.cfg.temperature)
-        return {"loss": loss, "regions_both": both.sum(1).float().mean().detach(), "feats": maps[0].mean((2, 3)).detach(),
+        return {"loss": loss, "regions_both": both.float().mean().detach(), "feats": maps[0].mean((2, 3)).detach(),
                 "emb": emb[0].mean(1).detach()}
