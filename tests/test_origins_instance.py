@@ -3,20 +3,25 @@ equations (Exemplar-CNN Eq. 1, counting Eq. 5; NPID's are in tests/test_instance
 draws from the trainer's generator, the memory bank's update and normaliser in a step, the seed-image subset, the
 tiles, and short learning runs.
 
-Learning runs (``test_short_run_beats_random_init``): NPID and Exemplar CNN learn only across epochs (a bank row,
-or a surrogate class, is seen once per epoch), so their short runs pretrain on the first 256 images of the digits
-train split for 12 epochs at batch 64 (48 steps, the cost of test_catalogue_learning.py's 44) and are evaluated
-like the others (kNN with the whole train split, on tests/train_utils.shifted_digits, MARGIN 0.04 over the same
-backbone at random init). Measured (1 thread, seed 0; kNN top-1, random init 0.497 -> trained):
-  npid (objective softmax, lr 0.06) 0.566     exemplar (lr 0.3) 0.554
-  npid with objective nce (Z fixed from the first batch): 0.228 (lr 0.03), 0.366 (lr 0.01), 0.46 (clip_grad 1):
-  the features collapse (emb rankme 2-4) as the bank rows absorb the near-identical random-init features, which
-  is why npid_digits uses the full softmax (see its YAML comment).
-  Whole-split 2-epoch runs (test_catalogue_learning.py's setup) gave npid 0.27-0.49 and exemplar 0.527 (< 0.537).
-Broken (each sample's dataset row replaced by a random row, so bank rows / surrogate classes no longer belong to
-one image): npid 0.533 and exemplar 0.494, both fail (threshold 0.537). npid's broken run still gains a little:
-fitting random targets (noise as targets) teaches some invariance to the crops.
-Time (``--durations``): npid 28 s, exemplar 24 s under a load average of ~13 on the 2-core dev machine.
+Learning runs (``test_short_run_beats_random_init``): NPID, PIRL and Exemplar CNN learn only across epochs (a bank
+row, or a surrogate class, is seen once per epoch), so their short runs pretrain on the first 256 images of the
+digits train split for 12 epochs at batch 64 (48 steps, the cost of test_catalogue_learning.py's 44; PIRL 6 epochs,
+a 2 x 2 jigsaw of 8 px tiles) and are evaluated like the others (kNN with the whole train split, on
+tests/train_utils.shifted_digits, MARGIN 0.04 over the same backbone at random init). NPID and PIRL must also
+retrieve their own bank row (nearest row of each training image's f) for >= 10x chance (1/256), which the kNN gain
+alone does not show. Measured (1 thread; kNN top-1 random init -> trained, own-row retrieval):
+  npid (NCE, bank_init features)  seed 0: 0.497 -> 0.601, own 0.145; seed 1: 0.506 -> 0.600; seed 2: 0.516 -> 0.599
+  pirl (bank_init features, normalizer shared, crop views) seed 0: 0.497 -> 0.567, own 0.094; seed 1: 0.506 ->
+       0.599; seed 2: 0.516 -> 0.566          exemplar (lr 0.3) seed 0: 0.554      npid objective softmax: 0.566
+Before (lemniscate's random bank rows, so Z ~ 2.2 n is estimated against uncorrelated rows while the small CNN's
+initial features have mean cosine ~0.7; selfsup/nets/instance_bank.py): npid NCE 0.096 (0.17-0.37 at tau 0.1-0.2,
+lr 0.003-0.01, momentum 0), bank rows and features at cosine ~0.97; pirl NCE 0.131-0.378 (random bank, or the g
+term's own Z: 0.378), 0.336 with the 3 x 3 jigsaw of 16 px tiles; pirl with SimCLR's views 0.549.
+Broken, seed 0 (the bank update writes each feature into the row of the batch's previous image,
+``indices.roll(1)``): kNN npid 0.550, pirl 0.556, both still above the threshold 0.537 (the NCE's push apart
+spreads the features whatever the rows), but own-row retrieval 0.004 for both (chance 0.0039), which fails.
+Exemplar broken (each sample's row replaced by a random row): 0.494, fails.
+Time (``--durations``): npid 12.7 s, pirl 16.0 s, exemplar 10.8 s under a load average of ~8 on the 2-core dev machine.
 """
 
 from __future__ import annotations
@@ -289,6 +294,20 @@ def test_short_run_beats_random_init(recipe, extra, tmp_path: Path):
     trained = knn_top1(method.backbone, data)
     assert trained >= _BASE["base"] + MARGIN, (f"{recipe}: kNN top-1 {trained:.3f} after training vs "
                                                f"{_BASE['base']:.3f} at random init")
+    if hasattr(method, "bank"):  # NPID, PIRL: the instance task itself, which the kNN gain alone does not show
+        own = _own_row_top1(method, sub.train)
+        assert own >= 10 / n, f"{recipe}: {own:.3f} of the images retrieve their own bank row (chance {1 / n:.4f})"
+
+
+def _own_row_top1(method, split: ImageArray) -> float:
+    """Share of ``split``'s images whose nearest memory-bank row (cosine, eval mode) is their own row."""
+    from selfsup.views import default_mean_std
+
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in default_mean_std(split.channels))
+    method.eval()
+    with torch.no_grad():
+        f = method.embed((split.images.float() / 255 - mean) / std)
+    return ((f @ method.bank.bank.T).argmax(1) == torch.arange(len(f))).float().mean().item()
 
 
 def test_methods_are_registered():
