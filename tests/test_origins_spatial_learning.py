@@ -1,5 +1,6 @@
 """Short runs of the spatial pretext tasks: each learns its own task well above chance (4 epochs on 192 digits at
-16 px, a width-8 SmallCNN, 24 steps; RotNet 8 epochs, 48 steps, see below). PIRL has no learning test (see below).
+16 px, a width-8 SmallCNN, 24 steps; RotNet 8 epochs, 48 steps, see below). PIRL's learning test is in
+tests/test_origins_instance.py (below: the settings that collapsed before its bank_init / shared-Z fix).
 
 RotNet: a feature that does not change under a 180-degree rotation (stroke orientation, a digit's tall outline)
 names 0 vs 90 degrees but cannot tell 0 from 180: for such a network the logits of ``x`` and ``rot180(x)`` are
@@ -54,7 +55,8 @@ Jigsaw and relpatch, second pass (benchmarks/origins_knn.py: train and score at 
 The pretext accuracies below (chance 0.25 / 0.083 / 0.125): rotnet (with flips) 0.43 -> 0.53, jigsaw 0.12 -> 0.32,
 relpatch 0.15 -> 0.23 over the 4 epochs; at lr 1e-9 they stay at chance (rotnet 0.19-0.23, jigsaw 0.07-0.09).
 PIRL on 192 digits (4-12 epochs, softmax or NCE): its own-row retrieval stays at chance (g 1/192, f 0.010-0.026,
-also with batch-statistics BatchNorm), so no PIRL learning claim is made here.
+also with batch-statistics BatchNorm) with the random bank and per-term Z; with bank_init features and
+normalizer shared (the digits recipe now) it learns: tests/test_origins_instance.py.
 """
 
 from __future__ import annotations
