@@ -27,6 +27,8 @@ readable image, same box scaled to its size) and reported; ``on_corrupt="error"`
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import math
 import os
 import re
 import time
@@ -266,12 +268,38 @@ class _CutDataset(torch.utils.data.Dataset):
         from selfsup.views import Crops
 
         with _one_thread():  # the same arithmetic in every process: views do not depend on the worker count
-            ready = self.views(Crops(crops, task.params), torch.Generator(), block_bytes=CPU_BLOCK_BYTES)
+            ready = self.views(Crops(crops, task.params), torch.Generator(), block_bytes=CPU_BLOCK_BYTES,
+                               out=[_shared_empty(c.shape) for c in crops])
         return {**out, "views": ready, "times": (t_cut - t0, time.perf_counter() - t_cut)}
 
 
 def _first(items: list) -> Any:
     return items[0]
+
+
+def _shared_empty(shape: torch.Size) -> torch.Tensor:
+    """A float32 tensor for a finished view: in shared memory inside a loader worker, so it reaches the main
+    process without the copy into shared memory that torch makes of an ordinary tensor (what default_collate
+    does for its batches too). Measured on the 2-core EPYC: 43 ms to fill and send a 64 x 224 px view this
+    way, 84 ms for an ordinary tensor (page faults on fresh memory and the copy)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape)
+    storage = torch.UntypedStorage._new_shared(4 * math.prod(shape))
+    return torch.empty(0).set_(storage).view(shape)
+
+
+def _keep_heap(_: int) -> None:
+    """Worker init: glibc keeps freed memory in the heap (no trimming, no per-allocation mmap below 32 MB), so
+    each batch's MB-sized float buffers reuse pages already mapped instead of faulting fresh ones in: measured
+    a 1.2x shorter worker batch (SimCLR, 224 px; page faults are expensive on this VM). No-op without glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is not None:
+        mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (glibc's maximum)
 
 
 @contextlib.contextmanager
@@ -345,7 +373,7 @@ class StreamLoader:
         pin = self.device.type == "cuda"
         kwargs = dict(num_workers=self.num_workers, collate_fn=_first, pin_memory=pin)
         if self.num_workers > 0:
-            kwargs.update(prefetch_factor=self.prefetch, persistent_workers=False)
+            kwargs.update(prefetch_factor=self.prefetch, persistent_workers=False, worker_init_fn=_keep_heap)
         dl = torch.utils.data.DataLoader(_CutDataset(self.split, self.sizes,
                                                      self.views if self.finish_in_workers else None),
                                          batch_sampler=_TaskSampler(self, epoch, start_step), **kwargs)

@@ -178,9 +178,10 @@ def apply_view(
     return _photometric(resized_crop_flip(xf, params.boxes, params.flip, spec.size), spec, params, mean, std)
 
 
-def _photometric(out: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def _photometric(out: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence[float], std: Sequence[float],
+                 dest: Tensor | None = None) -> Tensor:
     """Jitter, grayscale, blur, solarize, normalise a cropped view (float [0, 1], a fresh tensor
-    that is written in place)."""
+    that is written in place; ``dest``: the normalised view is written there instead)."""
     c = out.shape[1]
     out = color_jitter(out, params.jitter, inplace=True)
     if spec.gray_p > 0 and c == 3:
@@ -190,23 +191,25 @@ def _photometric(out: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence
     if spec.solarize_p > 0:
         out = solarize(out, params.solarize)
     # `out` is always a fresh tensor (grid_sample output or later), so normalise in place.
-    return normalize(out, mean, std, inplace=True)
+    return normalize(out, mean, std, inplace=True, out=dest)
 
 
-def finish_view(crop: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def finish_view(crop: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence[float], std: Sequence[float],
+                out: Tensor | None = None) -> Tensor:
     """The view from a crop already cut and resized elsewhere (the streaming loader's workers):
     ``crop`` is uint8 ``Tensor[B, C, size, size]`` of the boxes ``params.boxes``, unflipped; this
-    flips where ``params.flip`` and applies the photometric part of ``spec`` with ``params``."""
+    flips where ``params.flip`` and applies the photometric part of ``spec`` with ``params``.
+    ``out``: a float32 ``Tensor[B, C, size, size]`` to write the view into (returned)."""
     if crop.shape[-1] != spec.size or crop.shape[-2] != spec.size:
         raise ValueError(f"crop is {tuple(crop.shape[-2:])} but the view is {spec.size}px; cut it at the view's size")
     flip = params.flip.cpu()
     if bool(flip.any()):  # flip before the float conversion: a quarter of the bytes to move
         idx = torch.nonzero(flip).squeeze(1).to(crop.device)
         crop = crop.index_copy(0, idx, crop.index_select(0, idx).flip(-1))
-    out = _to_unit_float(crop)
-    if out is crop:
-        out = out.clone()
-    return _photometric(out, spec, params, mean, std)
+    x = _to_unit_float(crop)
+    if x is crop:
+        x = x.clone()
+    return _photometric(x, spec, params, mean, std, out)
 
 
 class ReadyViews(NamedTuple):
@@ -269,7 +272,7 @@ class MultiView:
         return self.global_views + self.local_views
 
     def __call__(self, x: Tensor | Crops, generator: torch.Generator, shard: tuple[int, int] = (0, 1),
-                 block_bytes: int | None = None) -> list[Tensor]:
+                 block_bytes: int | None = None, out: Sequence[Tensor] | None = None) -> list[Tensor]:
         """The views of ``x``; ``shard=(rank, world)`` as in :func:`apply_view`.
 
         ``x`` is a uint8 batch (cropped here, with parameters drawn from ``generator``) or
@@ -278,21 +281,27 @@ class MultiView:
         ``block_bytes`` (Crops only, for CPUs): finish each view in blocks of rows whose float
         tensor is about this size, so every pass stays in cache; the result is identical (the ops
         are per sample). Measured on a 2-core EPYC, one thread, 64 x 224 px SimCLR views: 10.2 ms
-        per image whole, 6.6 ms in blocks of 8 rows (4.8 MB)."""
+        per image whole, 6.6 ms in blocks of 8 rows (4.8 MB). ``out`` (Crops only): one float32 tensor per
+        view to write it into (the loader's workers pass shared memory: sent to the main process uncopied)."""
         if isinstance(x, ReadyViews):
             return list(x.views)
         if isinstance(x, Crops):
             if len(x.crops) != len(self.specs) or len(x.params) != len(self.specs):
                 raise ValueError(f"got {len(x.crops)} crops for {len(self.specs)} views; cut them with these views")
-            out = []
-            for c, spec, p in zip(x.crops, self.specs, x.params):
+            if out is not None and [tuple(o.shape) for o in out] != [tuple(c.shape) for c in x.crops]:
+                raise ValueError(f"out must hold one tensor per view shaped like its crops, {[tuple(c.shape) for c in x.crops]}")
+            res = []
+            for v, (c, spec, p) in enumerate(zip(x.crops, self.specs, x.params)):
                 rows = c.shape[0] if block_bytes is None else max(1, block_bytes // (4 * c[0].numel()))
                 if rows >= c.shape[0]:
-                    out.append(finish_view(c, spec, p, self.mean, self.std))
+                    res.append(finish_view(c, spec, p, self.mean, self.std, None if out is None else out[v]))
                     continue
-                out.append(torch.cat([finish_view(c[i : i + rows], spec, _rows_of(p, slice(i, i + rows)), self.mean,
-                                                  self.std) for i in range(0, c.shape[0], rows)]))
-            return out
+                dest = torch.empty(c.shape, dtype=torch.float32, device=c.device) if out is None else out[v]
+                for i in range(0, c.shape[0], rows):  # each block normalised straight into its rows (no cat)
+                    finish_view(c[i : i + rows], spec, _rows_of(p, slice(i, i + rows)), self.mean, self.std,
+                                dest[i : i + rows])
+                res.append(dest)
+            return res
         xf = _to_unit_float(x)
         if xf.shape[1] != len(self.mean):
             raise ValueError(
