@@ -10,8 +10,10 @@ ROT = ("gidariss/FeatureLearningRotNet config/CIFAR10_RotNet_NIN4blocks.py (batc
        "momentum 0.9, wd 5e-4, nesterov, LUT_lr steps at 60/120/160)")
 ROT_AUG = ("FeatureLearningRotNet dataloader.py (CIFAR-10: RandomCrop(32, padding=4), flip, no colour); selfsup's "
            "nearest view: a square crop of area 0.64-1 (32 of 40 px) and a flip")
-ROT_OURS = ("RotNet: selfsup's choice (resnet18 for the NIN, no step schedule: warm-up 0 + cosine, a linear "
-            "rotation classifier on the pooled features)")
+ROT_STEPS = ("gidariss/FeatureLearningRotNet config/CIFAR10_RotNet_NIN4blocks.py LUT_lr [(60, 0.1), (120, 0.02), "
+             "(160, 0.004), (200, 0.0008)]: x0.2 at epochs 60, 120 and 160, no warm-up (its nesterov is not "
+             "expressible: selfsup's SGD is plain momentum)")
+ROT_OURS = ("RotNet: selfsup's choice (resnet18 for the NIN, a linear rotation classifier on the pooled features)")
 JIG = ("Noroozi & Favaro 2016, Sec. 3.2-4 and bbrattoli/JigsawPuzzlePytorch (1000 permutations from "
        "select_permutations.py, 225 px -> 75 px cells -> 64 px tiles in JigsawImageLoader.py, fc6 1024 per tile and "
        "fc7 4096 in JigsawNetwork.py, SGD lr 0.01 momentum 0.9 wd 5e-4, batch 256)")
@@ -46,7 +48,9 @@ ROWS: list[tuple[str, str, Any, str]] = [
                            ("train.epochs", 200), ("data.image_size", 32)]),
     *_rows("rotnet", ROT_AUG, [("views.kind", "crop"), ("view0.scale", (0.64, 1.0)), ("view0.ratio", (1.0, 1.0)),
                                *_NO_COLOUR]),
-    *_rows("rotnet", ROT_OURS, [("model.backbone", "resnet18"), ("optim.warmup_epochs", 0), ("method.head", "")]),
+    *_rows("rotnet", ROT_STEPS, [("optim.warmup_epochs", 0), ("optim.lr_schedule", "step"),
+                                 ("optim.lr_milestones", [60, 120, 160]), ("optim.lr_gamma", 0.2)]),
+    *_rows("rotnet", ROT_OURS, [("model.backbone", "resnet18"), ("method.head", "")]),
     # Jigsaw (ImageNet)
     *_rows("jigsaw", JIG, [("method.grid", 3), ("method.n_permutations", 1000), ("method.crop_frac", 64 / 75),
                            ("method.tile_normalize", True), ("method.tile_dim", 1024), ("method.head", "4096"),
