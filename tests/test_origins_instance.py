@@ -13,6 +13,8 @@ alone does not show. Measured (1 thread; kNN top-1 random init -> trained, own-r
   npid (NCE, bank_init features)  seed 0: 0.497 -> 0.601, own 0.145; seed 1: 0.506 -> 0.600; seed 2: 0.516 -> 0.599
   pirl (bank_init features, normalizer shared, crop views) seed 0: 0.497 -> 0.567, own 0.094; seed 1: 0.506 ->
        0.599; seed 2: 0.516 -> 0.566          exemplar (lr 0.3) seed 0: 0.554      npid objective softmax: 0.566
+  PIRL's gain is its f term's: the jigsaw embedding g collapses to a constant here (mean cosine 0.9999, own-row
+  retrieval 1/256, also after 12 epochs), so this run does not show the jigsaw invariance.
 Before (lemniscate's random bank rows, so Z ~ 2.2 n is estimated against uncorrelated rows while the small CNN's
 initial features have mean cosine ~0.7; selfsup/nets/instance_bank.py): npid NCE 0.096 (0.17-0.37 at tau 0.1-0.2,
 lr 0.003-0.01, momentum 0), bank rows and features at cosine ~0.97; pirl NCE 0.131-0.378 (random bank, or the g
