@@ -16,7 +16,7 @@ two crops of one image and of two images with cross-view instance retrieval top-
 cross-entropy to another image's target exceeds that to its own (``gap``). Extra ``key=value`` arguments are
 recipe overrides (e.g. ``method.koleo_loss_weight=0``).
 
-    OMP_NUM_THREADS=1 python benchmarks/mim_targets.py dinov2 shuffled [method.koleo_loss_weight=0] \\
+    OMP_NUM_THREADS=1 python benchmarks/mim_targets.py dinov2 shuffled [method.koleo_loss_weight=0] [train.seed=1] \\
         [--epochs 6] [--out /tmp/mim_targets.jsonl]
 
 Figures (seed 0) are in tests/test_mim_learning.py's docstring.
@@ -35,12 +35,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_mim_learning import CASES, VIT16  # noqa: E402  (the test's sizes, in one place)
+from test_mim_learning import CASES, VIT16, own_target_stats, two_crops  # noqa: E402  (the test's, in one place)
 from train_utils import knn_top1, tiny_digits  # noqa: E402
 
 from selfsup.config import load_recipe  # noqa: E402
 from selfsup.train.loop import build_method, train  # noqa: E402
-from selfsup.views import build_views, default_mean_std  # noqa: E402
 
 RECIPES = {p.id: (p.values[0], p.values[1]) for p in CASES}
 
@@ -75,35 +74,6 @@ def break_teacher(method, mode: str, gen: torch.Generator) -> None:
         method.forward = zero
 
 
-def two_crops(recipe, images: torch.Tensor) -> list[torch.Tensor]:
-    mean, std = default_mean_std(images.shape[1])
-    views = build_views(recipe.views.kind, recipe.data.image_size, images.shape[1], mean, std, **recipe.views.params)
-    return views(images, torch.Generator().manual_seed(0), (0, 1))[:2]
-
-
-@torch.no_grad()
-def target_stats(method, views: list[torch.Tensor]) -> dict[str, float]:
-    """Teacher targets of crop 0, student predictions of crop 1: MI(image; target) and the own-vs-other CE gap."""
-    method.eval()
-    c = method.cfg
-    if hasattr(method, "criterion"):  # iBOT, DINOv2: the CLS term, centred teacher at the final temperature
-        t_bb, t_head = method.teacher.module
-        q = F.softmax((t_head(t_bb(views[0])) - method.criterion.center) / c.teacher_temp, -1)
-        log_p = F.log_softmax(method.head(method.backbone(views[1])) / c.student_temp, -1)
-    else:  # MSN: sharpened prototype assignments (before Sinkhorn)
-        t_bb, t_head = method.target_encoder.module
-        protos = F.normalize(method.prototypes, dim=1)
-        assign = lambda z: F.log_softmax(F.normalize(z, dim=1) @ protos.T / c.temperature, 1)
-        q = F.softmax(assign(t_head(t_bb(views[0]))) / c.sharpen_temp, 1)
-        log_p = assign(method.projector(method.backbone(views[1])))
-    method.train()
-    entropy = lambda p: -(p * p.clamp_min(1e-12).log()).sum(-1)
-    ce = -(log_p @ q.T)  # [student image, teacher image]
-    n = ce.shape[0]
-    other = (ce.sum() - ce.diagonal().sum()) / (n * n - n)
-    return {"mi": float(entropy(q.mean(0)) - entropy(q).mean()), "gap": float(other - ce.diagonal().mean())}
-
-
 @torch.no_grad()
 def feature_stats(backbone, views: list[torch.Tensor]) -> dict[str, float]:
     was = backbone.training
@@ -132,17 +102,18 @@ def main() -> None:
     r = load_recipe(recipe_name, over)
     data = tiny_digits(n_train=1437, n_test=360, size=16)
     views = two_crops(r, data.test.images[:256])
-    torch.manual_seed(0)
+    torch.manual_seed(r.train.seed)  # train.seed=N as an override picks another init
     method = build_method(r, data.train.channels, data.train.image_size)
     row = {"method": args.method, "mode": args.mode, "overrides": args.overrides, "epochs": r.train.epochs,
+           "seed": r.train.seed,
            "knn_init": knn_top1(method.encoder("teacher"), data),
-           "init": {**target_stats(method, views), **feature_stats(method.encoder("teacher"), views)}}
+           "init": {**own_target_stats(method, views), **feature_stats(method.encoder("teacher"), views)}}
     break_teacher(method, args.mode, torch.Generator().manual_seed(123))
     t0 = time.perf_counter()
     train(r, run_dir=out_dir / "run", data=data, method=method, log=lambda *a: None)
     row.update(train_s=round(time.perf_counter() - t0, 1), knn_teacher=knn_top1(method.encoder("teacher"), data),
                knn_student=knn_top1(method.encoder("student"), data),
-               trained={**target_stats(method, views), **feature_stats(method.encoder("teacher"), views)})
+               trained={**own_target_stats(method, views), **feature_stats(method.encoder("teacher"), views)})
     line = json.dumps(row)
     print(line)
     if args.out:

@@ -14,9 +14,17 @@ Measured (1 thread, seed 0; random-init baseline -> trained teacher kNN top-1): 
 0.350 -> 0.475, MSN 0.350 -> 0.417. With the teacher never updated (tau forced to 1 in ``after_step``) the
 test fails (the teacher stays at its init: iBOT 0.350 -> 0.350).
 
-What this test does NOT catch, and why: with the teacher's outputs shuffled across the batch (one permutation per
-step) the short runs still pass, and no term is to blame. Teacher kNN after the run (student in brackets; random
-init 0.350 in every row), seed 0, 1 thread:
+Shuffled targets. MSN's run must also leave its student predicting its own image's target better than other images'
+(``own_target_stats`` on 256 test images: its cross-entropy from one crop to the teacher targets of other images'
+second crops exceeds that to its own image's by >= ``OWN_TARGET_MARGIN`` 0.007 nats; seeds 0/1/2:
+0.030/0.034/0.016, with the targets shuffled -0.004/-0.002/-0.003, frozen teacher -0.024 at seed 0). With
+``MSN.forward``'s targets permuted (a temporary break) the MSN test fails there (gap 0.0003) while its kNN still
+passes. The kNN alone cannot tell: MSN's shuffled runs reach 0.378/0.439/0.433 against 0.417/0.397/0.422 correct
+(random init 0.350/0.328/0.353).
+
+What the iBOT and DINOv2 tests do NOT catch, and why: with the teacher's outputs shuffled across the batch (one
+permutation per step) their short runs still pass, and no term is to blame. Teacher kNN after the run (student in
+brackets; random init 0.350 in every row), seed 0, 1 thread:
 
 - iBOT: correct 0.431 (0.481), shuffled 0.444 / 0.417 (two runs); CLS term only (lambda2 0) 0.444 vs shuffled
   0.467; patch term only (lambda1 0) 0.389 vs shuffled 0.414;
@@ -44,9 +52,9 @@ outputs are mismatched (checked: iBOT's teacher tokens rolled by one image, MSN'
 ``benchmarks/mim_targets.py`` (the modes and the measures are in its docstring); the recipes' own figures are in
 benchmarks/mim_table.py.
 
-Time (``--durations``): iBOT 108 s, DINOv2 82 s, MSN 55 s on the 2-core dev machine under a load average of ~13
-from other jobs; an idle machine ran the same-size patch-4 steps about 6x faster, so roughly 40 s in all (not
-measured idle). They replace tests/test_ibot_dinov2.py's two loss-falls runs.
+Time (``--durations``): iBOT 27 s, DINOv2 28 s, MSN 14 s under a load average of ~7 (earlier: 108, 82, 55 s at
+~13), 69 s in all; the ``after_step`` tests 0.1-0.2 s each. They replace tests/test_ibot_dinov2.py's two
+loss-falls runs.
 """
 
 from __future__ import annotations
@@ -55,16 +63,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import torch.nn as nn
+import torch.nn.functional as F
 
 from selfsup.config import load_recipe
 from selfsup.train.loop import build_method, train
+from selfsup.views import build_views, default_mean_std
 from train_utils import knn_top1, tiny_digits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 MARGIN = 0.04  # tests/test_learning.py's
+#: MSN's student must prefer its own image's target by this many nats (seeds 0/1/2: 0.030/0.034/0.016 trained,
+#: -0.004/-0.002/-0.003 with the targets shuffled, -0.024 with the teacher frozen)
+OWN_TARGET_MARGIN = 0.007
 VIT16 = ["model.vit.patch_size=2", "model.vit.embed_dim=32", "model.vit.depth=2", "model.vit.num_heads=2",
          "data.image_size=16", "data.batch_size=64", "views.params.n_local=2", "views.params.local_size=8",
          "train.epochs=2", "train.precision=fp32", "train.progress_bar=false", "train.online_probe=false",
@@ -78,8 +90,42 @@ CASES = [
 ]
 
 
-def teacher_knn_run(recipe: str, extra: list[str], out: Path) -> tuple[float, float]:
-    """``(random-init baseline, trained)`` kNN top-1 of the EMA teacher's backbone after the short run."""
+def two_crops(recipe, images: torch.Tensor) -> list[torch.Tensor]:
+    """Two crops of each of ``images`` (uint8) from the recipe's own views, with a fixed generator."""
+    mean, std = default_mean_std(images.shape[1])
+    views = build_views(recipe.views.kind, recipe.data.image_size, images.shape[1], mean, std, **recipe.views.params)
+    return views(images, torch.Generator().manual_seed(0), (0, 1))[:2]
+
+
+@torch.no_grad()
+def own_target_stats(method, views: list[torch.Tensor]) -> dict[str, float]:
+    """Teacher targets ``q`` of crop 0, student predictions ``p`` of crop 1 of the same images: ``mi``, the mutual
+    information between image and target, H(mean q) - mean H(q) (nats), and ``gap``, how much the student's
+    cross-entropy H(q_j, p_i) to other images' targets (i != j) exceeds that to its own (i = j). iBOT/DINOv2:
+    the CLS term (centred teacher at ``teacher_temp``); MSN: sharpened prototype assignments (before Sinkhorn)."""
+    was = method.training
+    method.eval()
+    c = method.cfg
+    if hasattr(method, "criterion"):
+        t_bb, t_head = method.teacher.module
+        q = F.softmax((t_head(t_bb(views[0])) - method.criterion.center) / c.teacher_temp, -1)
+        log_p = F.log_softmax(method.head(method.backbone(views[1])) / c.student_temp, -1)
+    else:
+        t_bb, t_head = method.target_encoder.module
+        protos = F.normalize(method.prototypes, dim=1)
+        assign = lambda z: F.log_softmax(F.normalize(z, dim=1) @ protos.T / c.temperature, 1)  # noqa: E731
+        q = F.softmax(assign(t_head(t_bb(views[0]))) / c.sharpen_temp, 1)
+        log_p = assign(method.projector(method.backbone(views[1])))
+    method.train(was)
+    entropy = lambda p: -(p * p.clamp_min(1e-12).log()).sum(-1)  # noqa: E731
+    ce, n = -(log_p @ q.T), q.shape[0]  # [student image, teacher image]
+    other = (ce.sum() - ce.diagonal().sum()) / (n * n - n)
+    return {"mi": float(entropy(q.mean(0)) - entropy(q).mean()), "gap": float(other - ce.diagonal().mean())}
+
+
+def teacher_knn_run(recipe: str, extra: list[str], out: Path) -> tuple[float, float, dict[str, float]]:
+    """``(random-init baseline, trained)`` kNN top-1 of the EMA teacher's backbone after the short run, and
+    :func:`own_target_stats` of the trained method on 256 test images."""
     data = tiny_digits(n_train=1437, n_test=360, size=16)
     r = load_recipe(recipe, VIT16 + extra + [f"train.out_dir={out}"])
     assert r.eval.encoder == "teacher"  # the recipe evaluates the teacher, so the test does
@@ -87,14 +133,19 @@ def teacher_knn_run(recipe: str, extra: list[str], out: Path) -> tuple[float, fl
     method = build_method(r, data.train.channels, data.train.image_size)
     baseline = knn_top1(method.encoder("teacher"), data)  # the teacher starts as a copy of the student
     train(r, run_dir=out / "run", data=data, method=method, log=lambda *a: None)
-    return baseline, knn_top1(method.encoder("teacher"), data)
+    stats = own_target_stats(method, two_crops(r, data.test.images[:256]))
+    return baseline, knn_top1(method.encoder("teacher"), data), stats
 
 
 @pytest.mark.parametrize("recipe, extra", CASES)
 def test_short_run_teacher_beats_random_init(recipe, extra, tmp_path):
-    baseline, trained = teacher_knn_run(recipe, extra, tmp_path)
+    baseline, trained, stats = teacher_knn_run(recipe, extra, tmp_path)
     assert trained >= baseline + MARGIN, (f"{recipe}: teacher kNN top-1 {trained:.3f} after training vs "
                                           f"{baseline:.3f} at random init; a learning run gains more than {MARGIN}")
+    if recipe == "msn_digits":  # the one of the three whose targets carry the image after 44 steps (docstring)
+        assert stats["gap"] >= OWN_TARGET_MARGIN, (
+            f"msn: the student's cross-entropy to its own image's target is only {stats['gap']:.4f} nats below that "
+            f"to other images' (>= {OWN_TARGET_MARGIN} when the targets are its own); are the targets shuffled?")
 
 
 @pytest.mark.parametrize("recipe, extra", CASES)
