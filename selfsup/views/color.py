@@ -9,6 +9,7 @@ For 1-channel images saturation and hue are no-ops (as in torchvision / PIL).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -26,6 +27,7 @@ __all__ = [
     "sample_jitter_params",
     "color_jitter",
     "random_grayscale",
+    "on_rows",
 ]
 
 # ITU-R 601-2 luma weights, the ones torchvision and PIL use.
@@ -184,13 +186,25 @@ def color_jitter(x: Tensor, params: JitterParams, inplace: bool = False) -> Tens
             n = idx.numel()
             if n == 0:
                 continue
-            first = int(idx[0])
-            if int(idx[-1]) - first + 1 == n:  # a run of rows (one row, or all): in place on the slice, no gather
-                op(out[first : first + n], factors[first : first + n, k], inplace=True)
-                continue
-            dev_idx = idx.to(x.device, non_blocking=True)
-            out.index_copy_(0, dev_idx, op(out.index_select(0, dev_idx), factors[idx, k], inplace=True))
+            f = factors[:, k]
+            on_rows(out, idx, lambda v, rows, op=op, f=f: op(v, f[rows], inplace=True))
     return out
+
+
+def on_rows(x: Tensor, idx: Tensor, fn: Callable[[Tensor, slice | Tensor], Tensor]) -> Tensor:
+    """Apply the in-place row op ``fn(v, rows) -> v`` to the rows ``idx`` (CPU int64, sorted) of ``x``, in place
+    (``rows``: which rows ``v`` holds, a slice or an index tensor). A run of rows (one row, or all) is passed as
+    a slice of ``x``, with no copy; other sets are gathered and scattered back. Returns ``x``."""
+    n = idx.numel()
+    if n == 0:
+        return x
+    first = int(idx[0])
+    if int(idx[-1]) - first + 1 == n:
+        rows = slice(first, first + n)
+        fn(x[rows], rows)
+        return x
+    dev_idx = idx.to(x.device, non_blocking=True)
+    return x.index_copy_(0, dev_idx, fn(x.index_select(0, dev_idx), idx))
 
 
 def random_grayscale(x: Tensor, apply: Tensor, inplace: bool = False) -> Tensor:

@@ -27,6 +27,7 @@ from selfsup.views.color import (
     adjust_hue,
     adjust_saturation,
     color_jitter,
+    on_rows,
     random_grayscale,
     rgb_to_grayscale,
     sample_jitter_params,
@@ -173,13 +174,23 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, apply: Tensor | No
     return x.index_copy_(0, dev_idx, blurred) if inplace else x.index_copy(0, dev_idx, blurred)
 
 
-def solarize(x: Tensor, apply: Tensor, threshold: float = 0.5) -> Tensor:
-    """Solarization: ``x' = 1 - x`` where ``x >= threshold`` (default half the range), per sample."""
-    a = apply.to(device=x.device, dtype=x.dtype, non_blocking=True).view(-1, 1, 1, 1)
-    if threshold == 0.5:
-        # where(x >= 0.5, 1 - x, x) == x - relu(2x - 1): 4x faster than torch.where on CPU here.
-        return x - a * torch.relu(2.0 * x - 1.0)
-    return torch.where((a > 0) & (x >= threshold), 1.0 - x, x)
+def solarize(x: Tensor, apply: Tensor, threshold: float = 0.5, inplace: bool = False) -> Tensor:
+    """Solarization: ``x' = 1 - x`` where ``x >= threshold`` (default half the range), per sample.
+
+    Only the samples where ``apply`` is True are touched (``inplace=True``: in ``x``); the others cost nothing.
+    """
+    idx = torch.nonzero(apply.cpu()).squeeze(1)
+    if idx.numel() == 0:
+        return x
+    out = x if inplace else x.clone()
+
+    def flip_bright(v: Tensor, _rows: slice | Tensor) -> Tensor:
+        if threshold == 0.5:
+            # where(x >= 0.5, 1 - x, x) == x - relu(2x - 1), exactly (Sterbenz): 4x faster than torch.where on CPU.
+            return v.sub_(torch.relu_(v * 2.0 - 1.0))
+        return torch.where(v >= threshold, 1.0 - v, v, out=v)
+
+    return on_rows(out, idx, flip_bright)
 
 
 def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, inplace: bool = False,

@@ -189,7 +189,7 @@ def _photometric(out: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence
     if spec.blur_p > 0:
         out = gaussian_blur(out, params.blur_sigma, spec.kernel_size, params.blur, inplace=True)
     if spec.solarize_p > 0:
-        out = solarize(out, params.solarize)
+        out = solarize(out, params.solarize, inplace=True)
     # `out` is always a fresh tensor (grid_sample output or later), so normalise in place.
     return normalize(out, mean, std, inplace=True, out=dest)
 
