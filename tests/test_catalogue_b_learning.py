@@ -9,8 +9,8 @@ Measured (1 thread, seed 0; kNN top-1, random-init baseline 0.497 -> trained):
   mocov1 0.552   ressl 0.546   nnbyol 0.551   nnsiam 0.553   fastsiam 0.557
 Broken, seed 0 (each fails): loss sign inverted, mocov1 0.393 and ressl 0.481; targets taken from another image
 of the batch (rows rolled by one), nnbyol 0.479 and nnsiam 0.499; FastSiam's loss times 0, 0.472.
-Broken positive pairs (each fails; the breaks patched into the methods' loss functions):
-  the views of a tuple taken from different images (view u of tuple i is view u of image pi_u(i), an independent
+Broken positive pairs (each fails; benchmarks/broken_pairs_knn.py patches them into the methods' losses):
+  the views of a tuple taken from different images (view 0 kept, view u of tuple i is view u of image pi_u(i), a
   permutation per view):            nnbyol 0.516   nnsiam 0.531   fastsiam 0.494
   each view's target from a different other image (view v's target rolled by v + 1 rows; NN methods: the two
   targets rolled by 1 and 2):       nnbyol 0.510   nnsiam 0.526   fastsiam 0.503
