@@ -13,7 +13,8 @@ and prints, as one JSON line (appended to ``--out``): kNN top-1 of the teacher a
 random-init teacher, and on 256 test images (two crops of the recipe's views) the mutual information between
 the image and its teacher CLS target (``H(mean q) - mean H(q)``, nats), the pooled features' mean cosine between
 two crops of one image and of two images with cross-view instance retrieval top-1, and how much the student's
-cross-entropy to another image's target exceeds that to its own (``gap``). Extra ``key=value`` arguments are
+cross-entropy to another image's target exceeds that to its own (``gap``; ``patch_gap`` the same for iBOT's
+and DINOv2's masked patches, 30% of the positions masked in every image). Extra ``key=value`` arguments are
 recipe overrides (e.g. ``method.koleo_loss_weight=0``).
 
     OMP_NUM_THREADS=1 python benchmarks/mim_targets.py dinov2 shuffled [method.koleo_loss_weight=0] [train.seed=1] \\
@@ -75,6 +76,29 @@ def break_teacher(method, mode: str, gen: torch.Generator) -> None:
 
 
 @torch.no_grad()
+def own_patch_target_gap(method, x: torch.Tensor, ratio: float = 0.3) -> float:
+    """iBOT/DINOv2's patch term on ``x``: the same ``ratio`` of patch positions masked in every image (a fixed
+    draw), the student's predictions there against the teacher's centred patch targets of the same position; how
+    much the student's cross-entropy to other images' targets (i != j) exceeds that to its own image's (nats)."""
+    bb, (t_bb, t_head) = method.backbone, method.teacher.module
+    n = bb.base_grid[0] * bb.base_grid[1]
+    pos = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: int(ratio * n)]
+    mask = torch.zeros(x.shape[0], n, dtype=torch.bool)
+    mask[:, pos] = True
+    was = method.training
+    method.eval()
+    tokens = bb.encode(bb.mask(bb.embed(x), mask, "replace"))
+    log_p = F.log_softmax(method.head.patch(bb.patches(tokens))[:, pos] / method.cfg.student_temp, -1)
+    temp = getattr(method.cfg, "teacher_patch_temp", method.cfg.teacher_temp)
+    q = F.softmax((t_head.patch(t_bb.patches(t_bb.forward_tokens(x)))[:, pos] - method.patch_center) / temp, -1)
+    method.train(was)
+    ce = -torch.einsum("ink,jnk->nij", log_p, q)  # [position, student image, teacher image]
+    own = ce.diagonal(dim1=1, dim2=2)
+    b = x.shape[0]
+    return float((ce.sum() - own.sum()) / (ce.shape[0] * (b * b - b)) - own.mean())
+
+
+@torch.no_grad()
 def feature_stats(backbone, views: list[torch.Tensor]) -> dict[str, float]:
     was = backbone.training
     backbone.eval()
@@ -83,6 +107,13 @@ def feature_stats(backbone, views: list[torch.Tensor]) -> dict[str, float]:
     sim, n = a @ b.T, a.shape[0]
     return {"cos_same": float(sim.diagonal().mean()), "cos_other": float((sim.sum() - sim.trace()) / (n * n - n)),
             "retrieval": float((sim.argmax(1) == torch.arange(n)).float().mean())}
+
+
+def measures(method, views: list[torch.Tensor]) -> dict[str, float]:
+    out = {**own_target_stats(method, views), **feature_stats(method.encoder("teacher"), views)}
+    if hasattr(method, "patch_center"):  # iBOT, DINOv2
+        out["patch_gap"] = own_patch_target_gap(method, views[0])
+    return out
 
 
 def main() -> None:
@@ -107,13 +138,13 @@ def main() -> None:
     row = {"method": args.method, "mode": args.mode, "overrides": args.overrides, "epochs": r.train.epochs,
            "seed": r.train.seed,
            "knn_init": knn_top1(method.encoder("teacher"), data),
-           "init": {**own_target_stats(method, views), **feature_stats(method.encoder("teacher"), views)}}
+           "init": measures(method, views)}
     break_teacher(method, args.mode, torch.Generator().manual_seed(123))
     t0 = time.perf_counter()
     train(r, run_dir=out_dir / "run", data=data, method=method, log=lambda *a: None)
     row.update(train_s=round(time.perf_counter() - t0, 1), knn_teacher=knn_top1(method.encoder("teacher"), data),
                knn_student=knn_top1(method.encoder("student"), data),
-               trained={**own_target_stats(method, views), **feature_stats(method.encoder("teacher"), views)})
+               trained=measures(method, views))
     line = json.dumps(row)
     print(line)
     if args.out:
