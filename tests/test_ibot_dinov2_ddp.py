@@ -45,6 +45,22 @@ def _inputs(step: int):
     return views, tuple(masks)
 
 
+def _shard_step(m, views, masks, rank: int, world: int) -> dict:
+    """This rank's rows through ``m``: the loss and gradients averaged over the ranks (what DDP would apply)."""
+    rows = slice(rank * B // world, (rank + 1) * B // world)
+    kwargs = {} if masks is None else {"masks": tuple(x[rows] for x in masks)}
+    o = m([v[rows] for v in views], 0.0, **kwargs)
+    m.zero_grad(set_to_none=True)
+    o["loss"].backward()
+    grads = {k: p.grad.detach().clone() for k, p in m.named_parameters() if p.grad is not None}
+    value = o["loss"].detach().clone()
+    if world > 1:
+        dist.all_reduce(value)
+        for gr in grads.values():
+            dist.all_reduce(gr)
+    return {"loss": value / world, "grads": {k: v / world for k, v in grads.items()}}
+
+
 def _run(rank: int, world: int) -> dict:
     """Two steps of every case on this rank's rows (all rows with world 1)."""
     out = {}
@@ -53,34 +69,14 @@ def _run(rank: int, world: int) -> dict:
         res = {}
         for step in range(2):
             views, masks = _inputs(step)
-            rows = slice(rank * B // world, (rank + 1) * B // world)
-            o = m([v[rows] for v in views], 0.0, masks=tuple(x[rows] for x in masks))
-            m.zero_grad(set_to_none=True)
-            o["loss"].backward()
-            grads = {k: p.grad.detach().clone() for k, p in m.named_parameters() if p.grad is not None}
-            value = o["loss"].detach().clone()
-            if world > 1:
-                dist.all_reduce(value)
-                for gr in grads.values():
-                    dist.all_reduce(gr)
-            res[step] = {"loss": value / world, "grads": {k: v / world for k, v in grads.items()}}
+            res[step] = _shard_step(m, views, masks, rank, world)
         res["centers"] = [m.criterion.center.clone(), m.patch_center.clone()]
         out[name] = res
     m = _method("selfpatch_digits", ["method.patch_out_dim=12"])  # SelfPatch: centers move in after_step
     res = {}
     for step in range(2):
         views, _ = _inputs(step)
-        rows = slice(rank * B // world, (rank + 1) * B // world)
-        o = m([v[rows] for v in views], 0.0)
-        m.zero_grad(set_to_none=True)
-        o["loss"].backward()
-        grads = {k: p.grad.detach().clone() for k, p in m.named_parameters() if p.grad is not None}
-        value = o["loss"].detach().clone()
-        if world > 1:
-            dist.all_reduce(value)
-            for gr in grads.values():
-                dist.all_reduce(gr)
-        res[step] = {"loss": value / world, "grads": {k: v / world for k, v in grads.items()}}
+        res[step] = _shard_step(m, views, None, rank, world)
         m.after_step(0.0)
     res["centers"] = [m.center.clone(), m.patch_center.clone()]
     out["selfpatch"] = res
