@@ -13,7 +13,8 @@ Training (cookbook, "Speeding up training": decoding and augmentation are the bo
    CPU (``finish_in_workers``), each worker applies them to its own batch instead: measured on a
    2-core EPYC, SimCLR at 224 px, the main process doing them reached 18 img/s with 2 threads
    (OpenMP threads stall when the loader processes hold the cores) and 90 with 1, the workers
-   doing them in parallel, see ``benchmarks/data_stream.py``.
+   doing them in parallel, see ``benchmarks/data_stream.py``. Their output memory is recycled once
+   the consumer drops a batch (:mod:`selfsup.data.view_buffers`).
 
 Nothing random happens in a worker, so the views are the same bit for bit for any number of
 workers, and a mid-epoch resume replays exactly the remaining steps.
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import math
 import os
 import re
 import time
@@ -46,6 +46,7 @@ from .decode import DECODE_ERRORS, Header, cut, decode, decode_error, draft_fact
 from .errors import DataError
 from .index import ImageIndex
 from .readers import Reader
+from .view_buffers import HeldViewBuffers, WorkerViewBuffers, shared_empty
 
 __all__ = ["StreamSplit", "StreamLoader", "EVAL_CROP_RATIO", "VIEW_SEED_SALT", "default_num_workers",
            "auto_num_workers"]
@@ -241,8 +242,9 @@ class _TaskSampler:
 class _CutDataset(torch.utils.data.Dataset):
     """What a worker runs: decode a step's rows and cut their views (and finish them, with ``views``)."""
 
-    def __init__(self, split: StreamSplit, sizes: list[int], views=None) -> None:
+    def __init__(self, split: StreamSplit, sizes: list[int], views=None, flags: torch.Tensor | None = None) -> None:
         self.split, self.sizes, self.views = split, sizes, views
+        self.buffers = WorkerViewBuffers(flags) if flags is not None else None  # reused view memory, see view_buffers
 
     def __len__(self) -> int:
         return len(self.split)
@@ -267,25 +269,21 @@ class _CutDataset(torch.utils.data.Dataset):
             return {**out, "crops": crops, "params": task.params, "times": (t_cut - t0, 0.0)}
         from selfsup.views import Crops
 
+        info = torch.utils.data.get_worker_info()
+        if info is None:  # in the calling process: nothing to send
+            slot, dest = -1, [torch.empty(c.shape) for c in crops]
+        elif self.buffers is None:
+            slot, dest = -1, [shared_empty(c.shape) for c in crops]
+        else:
+            slot, dest = self.buffers.take(info.id, [c.shape for c in crops])
         with _one_thread():  # the same arithmetic in every process: views do not depend on the worker count
-            ready = self.views(Crops(crops, task.params), torch.Generator(), block_bytes=CPU_BLOCK_BYTES,
-                               out=[_shared_empty(c.shape) for c in crops])
-        return {**out, "views": ready, "times": (t_cut - t0, time.perf_counter() - t_cut)}
+            ready = self.views(Crops(crops, task.params), torch.Generator(), block_bytes=CPU_BLOCK_BYTES, out=dest)
+        return {**out, "views": ready, "slot": (info.id if info else 0, slot),
+                "times": (t_cut - t0, time.perf_counter() - t_cut)}
 
 
 def _first(items: list) -> Any:
     return items[0]
-
-
-def _shared_empty(shape: torch.Size) -> torch.Tensor:
-    """A float32 tensor for a finished view: in shared memory inside a loader worker, so it reaches the main
-    process without the copy into shared memory that torch makes of an ordinary tensor (what default_collate
-    does for its batches too). Measured on the 2-core EPYC: 43 ms to fill and send a 64 x 224 px view this
-    way, 84 ms for an ordinary tensor (page faults on fresh memory and the copy)."""
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape)
-    storage = torch.UntypedStorage._new_shared(4 * math.prod(shape))
-    return torch.empty(0).set_(storage).view(shape)
 
 
 def _keep_heap(_: int) -> None:
@@ -323,12 +321,15 @@ class StreamLoader:
     run's seed. ``num_workers=0`` decodes in the calling process. ``finish_in_workers`` (default:
     when ``device`` is the CPU) makes the workers apply the views' photometric part too and yield
     :class:`~selfsup.views.ReadyViews`. ``times`` sums the workers' seconds spent decoding and
-    cutting, and finishing, over the batches yielded so far.
+    cutting, and finishing, over the batches yielded so far. ``reuse_buffers`` (default on) lets the
+    workers write finished views into recycled shared memory once the consumer holds no tensor of
+    an earlier batch (:mod:`selfsup.data.view_buffers`); ``fresh_batches`` counts the batches that
+    still needed fresh memory.
     """
 
     def __init__(self, split: StreamSplit, views, sampler, seed: int, num_workers: int = 2, prefetch: int = 2,
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 finish_in_workers: bool | None = None) -> None:
+                 finish_in_workers: bool | None = None, reuse_buffers: bool = True) -> None:
         if len(split) != sampler.n:
             raise DataError(f"the sampler is for {sampler.n} rows but the split has {len(split)}; rebuild the sampler")
         self.split, self.views, self.sampler, self.seed = split, views, sampler, seed
@@ -340,6 +341,7 @@ class StreamLoader:
         self.finish_in_workers = self.device.type == "cpu" if finish_in_workers is None else finish_in_workers
         self.problems: list[str] = []  # unreadable files replaced since the last take_problems() (this rank)
         self.times = [0.0, 0.0]
+        self.reuse_buffers, self.fresh_batches = reuse_buffers, 0
         self._perm: tuple[int, torch.Tensor] | None = None
 
     def generator(self, epoch: int, step: int) -> torch.Generator:
@@ -374,8 +376,13 @@ class StreamLoader:
         kwargs = dict(num_workers=self.num_workers, collate_fn=_first, pin_memory=pin)
         if self.num_workers > 0:
             kwargs.update(prefetch_factor=self.prefetch, persistent_workers=False, worker_init_fn=_keep_heap)
+        reuse = self.reuse_buffers and self.finish_in_workers and self.num_workers > 0 and self.device.type == "cpu"
+        # Slots per worker: its `prefetch` batches in flight, and the two the consumer may still hold (the batch
+        # it works on, the one its loop variable kept); when all are taken the worker uses fresh memory.
+        flags = torch.zeros(self.num_workers, self.prefetch + 2, dtype=torch.int32).share_memory_() if reuse else None
+        held = HeldViewBuffers(flags) if flags is not None else None
         dl = torch.utils.data.DataLoader(_CutDataset(self.split, self.sizes,
-                                                     self.views if self.finish_in_workers else None),
+                                                     self.views if self.finish_in_workers else None, flags),
                                          batch_sampler=_TaskSampler(self, epoch, start_step), **kwargs)
         for out in dl:
             if "fatal" in out:
@@ -384,6 +391,11 @@ class StreamLoader:
             self.times = [a + b for a, b in zip(self.times, out["times"])]
             y = out["labels"].to(self.device, non_blocking=pin) if out["labels"] is not None else None
             if "views" in out:
-                yield ReadyViews([v.to(self.device, non_blocking=pin) for v in out["views"]]), y
+                self.fresh_batches += out["slot"][1] < 0
+                lent = held.lend(*out["slot"], out["views"]) if held is not None else out["views"]
+                yield ReadyViews([v.to(self.device, non_blocking=pin) for v in lent]), y
+                del lent  # this frame's aliases: the slot is free once the consumer drops its own
+                if held is not None:
+                    held.release()
             else:
                 yield Crops([c.to(self.device, non_blocking=pin) for c in out["crops"]], out["params"]), y
