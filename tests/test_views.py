@@ -160,6 +160,27 @@ def test_color_jitter_random_order_matches_sequential_reference() -> None:
         torch.testing.assert_close(out[i], ref, atol=ATOL, rtol=0)
 
 
+def test_large_cpu_images_run_on_row_slices_bit_identical_to_gathered_rows(monkeypatch) -> None:
+    """Above ``_RUN_ROW_BYTES`` per image, on_rows runs jitter/grayscale/solarize on each run of rows in place;
+    the result equals, bit for bit, the gathered-rows path and each image processed alone."""
+    import selfsup.views.color as color
+
+    x = unit(images(7, 3, 160, 160, seed=11))  # 307 KB per float image: above the threshold
+    assert x[0].numel() * 4 >= color._RUN_ROW_BYTES
+    p = sample_jitter_params(7, 0.4, 0.4, 0.4, 0.1, 0.6, gen(12))
+    apply = torch.tensor([True, False, True, True, False, False, True])
+    runs = random_grayscale(color_jitter(x, p), apply, inplace=False)
+    runs_inplace = random_grayscale(color_jitter(x.clone(), p, inplace=True), apply, inplace=True)
+    monkeypatch.setattr(color, "_RUN_ROW_BYTES", 1 << 62)  # gather and scatter every non-contiguous set
+    gathered = random_grayscale(color_jitter(x.clone(), p, inplace=True), apply, inplace=True)
+    assert torch.equal(runs_inplace, gathered) and torch.equal(runs, gathered)
+    alone = [random_grayscale(color_jitter(x[i:i + 1].clone(), color.JitterParams(p.factors[i:i + 1],
+             p.order[i:i + 1], p.apply[i:i + 1], p.enabled), inplace=True), apply[i:i + 1], inplace=True)
+             for i in range(7)]
+    assert torch.equal(torch.cat(alone), gathered)
+    assert not torch.equal(gathered, x)
+
+
 def test_jitter_factor_ranges() -> None:
     p = sample_jitter_params(5000, 0.4, 0.8, 1.5, 0.2, 1.0, gen(8))
     lo = torch.tensor([0.6, 0.2, 0.0, -0.2])

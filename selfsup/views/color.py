@@ -192,10 +192,17 @@ def color_jitter(x: Tensor, params: JitterParams, inplace: bool = False) -> Tens
     return out
 
 
+# Above this many bytes per image, on_rows runs a CPU op on each run of rows in place rather than gathering the
+# rows and scattering them back: the whole colour jitter on a worker's block of 8 x 224 px measured 14% faster
+# that way (interleaved A/B, loaded 2-core EPYC); at 96 px (47 rows) and 32 px (256) the extra calls cost more.
+_RUN_ROW_BYTES = 256 * 1024
+
+
 def on_rows(x: Tensor, idx: Tensor, fn: Callable[[Tensor, slice | Tensor], Tensor]) -> Tensor:
     """Apply the in-place row op ``fn(v, rows) -> v`` to the rows ``idx`` (CPU int64, sorted) of ``x``, in place
     (``rows``: which rows ``v`` holds, a slice or an index tensor). A run of rows (one row, or all) is passed as
-    a slice of ``x``, with no copy; other sets are gathered and scattered back. Returns ``x``."""
+    a slice of ``x``, with no copy; other sets are gathered and scattered back, except for large CPU images,
+    whose runs are each passed as a slice. Returns ``x``."""
     n = idx.numel()
     if n == 0:
         return x
@@ -203,6 +210,15 @@ def on_rows(x: Tensor, idx: Tensor, fn: Callable[[Tensor, slice | Tensor], Tenso
     if int(idx[-1]) - first + 1 == n:
         rows = slice(first, first + n)
         fn(x[rows], rows)
+        return x
+    if x.device.type == "cpu" and x[0].numel() * x.element_size() >= _RUN_ROW_BYTES:
+        ii = idx.tolist()
+        start = 0
+        for j in range(1, n + 1):
+            if j == n or ii[j] != ii[j - 1] + 1:
+                rows = slice(ii[start], ii[j - 1] + 1)
+                fn(x[rows], rows)
+                start = j
         return x
     dev_idx = idx.to(x.device, non_blocking=True)
     return x.index_copy_(0, dev_idx, fn(x.index_select(0, dev_idx), idx))
@@ -214,10 +230,7 @@ def random_grayscale(x: Tensor, apply: Tensor, inplace: bool = False) -> Tensor:
     if x.shape[-3] == 1:
         return x
     if inplace:
-        idx = torch.nonzero(apply.cpu()).squeeze(1)
-        if idx.numel():
-            dev_idx = idx.to(x.device, non_blocking=True)
-            x.index_copy_(0, dev_idx, rgb_to_grayscale(x.index_select(0, dev_idx)).expand(-1, 3, -1, -1))
-        return x
+        return on_rows(x, torch.nonzero(apply.cpu()).squeeze(1),
+                       lambda v, rows: v.copy_(rgb_to_grayscale(v).expand_as(v)))
     mask = apply.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
     return torch.where(mask, rgb_to_grayscale(x).expand_as(x), x)
