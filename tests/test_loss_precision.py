@@ -266,6 +266,9 @@ _ORIGINS_PIXEL_CASES: list[Case] = [
     Case("denoising_loss", lambda z, x, j: losses.denoising_loss(z, x, j, 2.0, 0.5),
          lambda g: (torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g),
                     torch.rand(2, 1, 8, 8, generator=g) < 0.25)),
+    Case("inpainting_discriminator_loss", losses.inpainting_discriminator_loss,
+         lambda g: (3 * torch.randn(N, generator=g), 3 * torch.randn(N, generator=g))),
+    Case("inpainting_generator_loss", losses.inpainting_generator_loss, lambda g: (3 * torch.randn(N, generator=g),)),
 ]
 
 CASES: list[Case] = [

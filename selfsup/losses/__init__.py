@@ -72,10 +72,12 @@ from selfsup.losses.selfpatch import adjacent_patches, select_positives, selfpat
 __all__ += ["adjacent_patches", "select_positives", "selfpatch_loss"]
 from selfsup.losses.colour import (ab_gamut_bins, ab_prior, annealed_mean, colorization_loss, rebalancing_weights,
                                    soft_encode_ab)
-from selfsup.losses.restoration import context_encoder_loss, denoising_loss, overlap_weights
+from selfsup.losses.restoration import (context_encoder_loss, denoising_loss, inpainting_discriminator_loss,
+                                        inpainting_generator_loss, overlap_weights)
 
 __all__ += ["ab_gamut_bins", "soft_encode_ab", "ab_prior", "rebalancing_weights", "colorization_loss",
-            "annealed_mean", "overlap_weights", "context_encoder_loss", "denoising_loss"]
+            "annealed_mean", "overlap_weights", "context_encoder_loss", "denoising_loss", "inpainting_discriminator_loss",
+            "inpainting_generator_loss"]
 from selfsup.losses.surrogate import exemplar_loss
 from selfsup.losses.counting import counting_loss
 

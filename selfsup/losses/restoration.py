@@ -1,7 +1,8 @@
 """Restoring removed pixels: the context encoder's weighted L2 (Pathak et al. 2016, "Context Encoders: Feature
 Learning by Inpainting", CVPR, Sec. 3.2) and the denoising autoencoder's reconstruction error (Vincent et al.
 2008, "Extracting and Composing Robust Features with Denoising Autoencoders", ICML; the emphasised variant of
-Vincent et al. 2010, JMLR, Sec. 4.3), as pure functions of tensors.
+Vincent et al. 2010, JMLR, Sec. 4.3), as pure functions of tensors; with the context encoder's optional
+adversarial terms (Pathak et al. Sec. 3.2, Eq. 2: the GAN loss of Goodfellow et al. 2014 on the predicted region).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 
 from selfsup.losses.precision import fp32_loss
 
-__all__ = ["overlap_weights", "context_encoder_loss", "denoising_loss"]
+__all__ = ["overlap_weights", "context_encoder_loss", "denoising_loss", "inpainting_discriminator_loss",
+           "inpainting_generator_loss"]
 
 
 def overlap_weights(hole: torch.Tensor, overlap: int, overlap_weight: float = 10.0) -> torch.Tensor:
@@ -60,3 +62,26 @@ def denoising_loss(recon: torch.Tensor, clean: torch.Tensor, corrupted: torch.Te
     """
     w = torch.where(corrupted, alpha, beta).to(recon.dtype)
     return (w * (recon - clean).square()).mean()
+
+
+@fp32_loss
+def inpainting_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The discriminator's side of the context encoder's adversarial loss (Pathak et al. Eq. 2, maximised by D;
+    ``train.lua``'s ``fDx``: BCE with label 1 on real, 0 on predicted regions), as a loss to minimise:
+
+        L_D = -1/B sum_i log D(x_i) - 1/B sum_i log(1 - D(F(x'_i))),   D = sigmoid(logit),
+
+    i.e. ``softplus(-real_logits).mean() + softplus(fake_logits).mean()``. ``real_logits``: D's logits ``[B]``
+    on the true regions; ``fake_logits``: on the predicted regions (the prediction detached for D's update)."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+@fp32_loss
+def inpainting_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The context encoder's side of the adversarial loss, non-saturating (``train.lua``'s ``fGx``: BCE with
+    label 1 on the predicted regions, "fake labels are real for generator cost"):
+
+        L_adv = -1/B sum_i log D(F(x'_i)) = softplus(-fake_logits).mean().
+
+    The joint loss of Pathak et al. Eq. 3 is ``lambda_rec L_rec + lambda_adv L_adv`` (0.999 and 0.001, Sec. 3.4)."""
+    return F.softplus(-fake_logits).mean()

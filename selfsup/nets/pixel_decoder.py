@@ -1,6 +1,7 @@
 """Small heads on a backbone's dense feature map (:func:`selfsup.nets.dense.feature_map`) for the pixel-restoring
 pretext tasks: :class:`PixelDecoder` (context encoder, denoising autoencoder) back to the image, and
-:func:`dense_classifier` (colorization's per-location colour-bin logits).
+:func:`dense_classifier` (colorization's per-location colour-bin logits); and :class:`RegionDiscriminator`, the
+context encoder's optional adversary on the predicted region.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from selfsup.nets.dense import feature_map, feature_stride
 
-__all__ = ["PixelDecoder", "dense_classifier", "input_channels", "map_geometry"]
+__all__ = ["PixelDecoder", "RegionDiscriminator", "dense_classifier", "input_channels", "map_geometry"]
 
 
 def input_channels(backbone: nn.Module) -> int:
@@ -71,3 +72,45 @@ def dense_classifier(in_dim: int, classes: int, width: int = 256) -> nn.Sequenti
     (colorization's output layer, Zhang et al. Fig. 2, on top of the backbone's map)."""
     return nn.Sequential(nn.Conv2d(in_dim, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
                          nn.ReLU(inplace=True), nn.Conv2d(width, classes, 1))
+
+
+class RegionDiscriminator(nn.Module):
+    """DCGAN-style discriminator (Radford et al. 2016) of the context encoder's adversarial loss (Pathak et al.
+    Sec. 3.2; ``train.lua``'s ``netD`` without context conditioning): regions resized to ``size`` px (bilinear;
+    the identity at ``train.lua``'s 64 px centre of a 128 px crop), log2(size / 4) 4x4 stride-2 convolutions of
+    widths ``width, 2 width, ...`` with LeakyReLU(0.2) (BatchNorm after all but the first) down to a 4 x 4 map,
+    then a 4x4 convolution to one logit. The map stays 4 x 4 whatever the size: on a 1 x 1 map BatchNorm over a
+    batch of only real or only predicted regions would equalise their mean features and blind the logit.
+    Weights drawn from N(0, 0.02), BatchNorm's scale from N(1, 0.02) (``weights_init``). Returns logits ``[B]``
+    (no sigmoid: the losses take logits)."""
+
+    def __init__(self, in_channels: int, width: int = 64, size: int = 64) -> None:
+        super().__init__()
+        stages = int(round(math.log2(size))) - 2
+        if size < 8 or 2 ** (stages + 2) != size:
+            raise ValueError(f"RegionDiscriminator needs a power-of-two size of at least 8 px, got {size}")
+        layers: list[nn.Module] = []
+        c = in_channels
+        for i in range(stages):
+            out = width * 2 ** i
+            layers.append(nn.Conv2d(c, out, 4, stride=2, padding=1, bias=i == 0))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            c = out
+        self.size = size
+        self.features = nn.Sequential(*layers)
+        self.logit = nn.Conv2d(c, 1, 4)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.logit(self.features(x)).flatten()
