@@ -368,3 +368,13 @@ def test_finish_view_flips_and_normalises_like_the_in_ram_path():
     assert torch.allclose(got, expected, atol=1e-5)
     unflipped = finish_view(x, spec, params._replace(flip=torch.zeros(6, dtype=torch.bool)), mean, std)
     assert not torch.allclose(unflipped, expected, atol=1e-3)
+    # on CPU the crops are converted straight into `out`, each run of rows flipped or not: the same bits as
+    # flipping the rows first and finishing a fresh float copy
+    from selfsup.views.pipelines import _photometric
+
+    flipped = x.clone()
+    flipped[params.flip] = x[params.flip].flip(-1)
+    reference = _photometric(flipped.float().div_(255.0), spec, params, mean, std)
+    dest = torch.empty(6, 3, 12, 12)
+    assert torch.equal(got, reference)
+    assert finish_view(x, spec, params, mean, std, out=dest) is dest and torch.equal(dest, reference)
