@@ -33,6 +33,7 @@ Inpainting", CVPR): drop a region of the image, encode the rest, decode the miss
   as ``train.lua``'s two optimizers) and lr schedule; ``discriminator_lr_scale`` sets D's lr relative to the
   encoder-decoder's: the paper's "higher learning rate for context encoder (10 times)" than for D (Sec. 3.4;
   ``train.lua`` with 0 < wtl2 < 1: 2e-3 and 2e-4) is ``optim.lr=2e-3 method.discriminator_lr_scale=0.1``.
+  ``optim.clip_grad`` (off in the recipes) would clip the two players' gradients by their joint norm.
   ``loss`` then includes ``L_D``; the logs show ``loss_rec``, ``loss_adv`` (``L_adv``), ``loss_d`` and ``d_acc``
   (D's accuracy, real and predicted regions averaged; 0.5 is chance).
 
