@@ -42,7 +42,9 @@ shuffled across each step's 4B inputs, counting's tiles swapped for another imag
           0.558, random init 0.488 / 0.474 / 0.447: not above the random-init final features, so exporting an
           intermediate stage does not help. lr 0.02, seed 0: 0.595, broken 0.587.
   counting (counting_digits' head and crops), 4 epochs: 0.617 / 0.525 / 0.562, broken 0.636 / 0.439 / 0.524: above
-          the broken run at seeds 1 and 2 but below random init at both.
+          the broken run at seeds 1 and 2 but below random init at both. 16 px, 8 epochs: 0.505 / 0.500 / 0.458,
+          broken 0.519 / 0.523 / 0.459 vs 0.497 / 0.506 / 0.516; third stage 0.383 / 0.346 / 0.395, broken 0.397 /
+          0.334 / 0.394 vs 0.384 / 0.363 / 0.372: no stage where counting's tiling matters.
 
 They do **not** beat the random-init kNN of tests/test_catalogue_learning.py (MARGIN 0.04 on the shifted digits
 split): measured with its ``short_run_knn`` (1 thread, seed 0; kNN top-1, random init 0.497 at 16 px, 0.583 at
