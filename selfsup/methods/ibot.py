@@ -71,7 +71,8 @@ class IBOTConfig(MethodConfig):
     patch_center_momentum: float = Field(0.9, ge=0, le=1, description="EMA momentum of the patch center")
     lambda1: float = Field(1.0, ge=0, description="weight of the CLS loss")
     lambda2: float = Field(1.0, ge=0, description="weight of the masked-patch loss")
-    tau_base: float = Field(0.996, ge=0, le=1, description="teacher EMA momentum at the start (cosine to 1)")
+    tau_base: float = Field(0.996, ge=0, le=1, description="teacher EMA momentum at the start (cosine to tau_final)")
+    tau_final: float = Field(1.0, ge=0, le=1, description="teacher EMA momentum at the end (the paper's 1)")
     freeze_last_layer_epochs: float = Field(1, ge=0, description="epochs the last layer of the head(s) gets no gradient")
     n_global: int = Field(2, ge=1, description="global crops (the views masked); must match the views")
     pred_ratio: tuple[float, ...] = Field((0.0, 0.3), min_length=1, description="mask ratio centres, one chosen per crop")
@@ -254,6 +255,6 @@ class IBOT(Method):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:
-        tau = cosine_momentum(self.cfg.tau_base, progress)
+        tau = cosine_momentum(self.cfg.tau_base, progress, self.cfg.tau_final)
         self.teacher.update(nn.Sequential(self.backbone, self.head), tau)
         return {"momentum": tau}
