@@ -235,17 +235,17 @@ def test_truncated_blur_is_close_to_torchvision_k23_and_per_sample() -> None:
     some = torch.tensor([True, False, True, True, False, False, True, True])
     assert torch.equal(gaussian_blur(x, sigma, 23, some), torch.where(some.view(-1, 1, 1, 1), out, x))
     # large CPU images (above _RUN_ROW_BYTES) blur each selected slice in place: the same bits as radius groups
-    import selfsup.views.ops as ops
+    import selfsup.views.color as color
 
     big = unit(images(6, 3, 150, 160, seed=14))
     s6, some6 = torch.linspace(0.1, 2.0, 6), torch.tensor([True, True, False, True, True, True])
     each = [gaussian_blur(big.clone(), s6, 23, some6, inplace=True), gaussian_blur(big, s6, 23, some6)]
-    ops_threshold, ops._RUN_ROW_BYTES = ops._RUN_ROW_BYTES, 1 << 62
+    threshold, color._RUN_ROW_BYTES = color._RUN_ROW_BYTES, 1 << 62
     try:
         grouped = gaussian_blur(big, s6, 23, some6)
     finally:
-        ops._RUN_ROW_BYTES = ops_threshold
-    assert big[0].numel() * 4 >= ops._RUN_ROW_BYTES and not torch.equal(grouped, big)
+        color._RUN_ROW_BYTES = threshold
+    assert big[0].numel() * 4 >= color._RUN_ROW_BYTES and not torch.equal(grouped, big)
     assert all(torch.equal(e, grouped) for e in each)
 
 

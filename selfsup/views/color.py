@@ -198,6 +198,22 @@ def color_jitter(x: Tensor, params: JitterParams, inplace: bool = False) -> Tens
 _RUN_ROW_BYTES = 256 * 1024
 
 
+def rows_in_place(x: Tensor) -> bool:
+    """Whether per-row CPU work on ``x`` should run on row slices in place (large CPU images) rather than on
+    gathered rows (:data:`_RUN_ROW_BYTES`)."""
+    return x.device.type == "cpu" and x[0].numel() * x.element_size() >= _RUN_ROW_BYTES
+
+
+def equal_runs(keys: list) -> list[tuple[int, int]]:
+    """``(start, end)`` of each maximal run of equal consecutive ``keys``."""
+    out, start = [], 0
+    for j in range(1, len(keys) + 1):
+        if j == len(keys) or keys[j] != keys[start]:
+            out.append((start, j))
+            start = j
+    return out
+
+
 def on_rows(x: Tensor, idx: Tensor, fn: Callable[[Tensor, slice | Tensor], Tensor]) -> Tensor:
     """Apply the in-place row op ``fn(v, rows) -> v`` to the rows ``idx`` (CPU int64, sorted) of ``x``, in place
     (``rows``: which rows ``v`` holds, a slice or an index tensor). A run of rows (one row, or all) is passed as
@@ -211,14 +227,11 @@ def on_rows(x: Tensor, idx: Tensor, fn: Callable[[Tensor, slice | Tensor], Tenso
         rows = slice(first, first + n)
         fn(x[rows], rows)
         return x
-    if x.device.type == "cpu" and x[0].numel() * x.element_size() >= _RUN_ROW_BYTES:
+    if rows_in_place(x):
         ii = idx.tolist()
-        start = 0
-        for j in range(1, n + 1):
-            if j == n or ii[j] != ii[j - 1] + 1:
-                rows = slice(ii[start], ii[j - 1] + 1)
-                fn(x[rows], rows)
-                start = j
+        for s, e in equal_runs([i - j for j, i in enumerate(ii)]):  # consecutive rows share i - j
+            rows = slice(ii[s], ii[e - 1] + 1)
+            fn(x[rows], rows)
         return x
     dev_idx = idx.to(x.device, non_blocking=True)
     return x.index_copy_(0, dev_idx, fn(x.index_select(0, dev_idx), idx))

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from selfsup.views.color import JitterParams, color_jitter, random_grayscale, sample_jitter_params
+from selfsup.views.color import JitterParams, color_jitter, equal_runs, random_grayscale, sample_jitter_params
 from selfsup.views.crop import check_generator, resized_crop_flip, sample_apply, sample_crop_params
 from selfsup.views.ops import blur_kernel_size, gaussian_blur, normalize, sample_blur_sigma, solarize
 
@@ -214,12 +214,8 @@ def finish_view(crop: Tensor, spec: ViewSpec, params: ViewParams, mean: Sequence
         _check_images(crop)
         x = torch.empty(crop.shape, dtype=torch.float32) if out is None else out
         flips = flip.tolist()
-        start = 0
-        for j in range(1, len(flips) + 1):
-            if j == len(flips) or flips[j] != flips[start]:
-                part = crop[start:j]
-                x[start:j].copy_(part.flip(-1) if flips[start] else part)
-                start = j
+        for s, e in equal_runs(flips):
+            x[s:e].copy_(crop[s:e].flip(-1) if flips[s] else crop[s:e])
         y = _photometric(x.div_(255.0), spec, params, mean, std)
         return x if y is x else x.copy_(y)
     if bool(flip.any()):  # flip before the float conversion: a quarter of the bytes to move
