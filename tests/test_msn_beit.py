@@ -3,6 +3,7 @@ training runs of the digits recipes (16 px, a 2-block 32-wide ViT at patch 4).""
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -135,6 +136,29 @@ def test_msn_ema_schedule_and_eval_encoder():
     assert m.encoder_parts()[0] is m.target_encoder.module[0]  # MSN evaluates the target encoder
     no_decay = next(g for g in m.param_groups() if g.get("no_decay"))["params"]
     assert any(p is m.prototypes for p in no_decay)  # prototypes: no weight decay (official WD_exclude)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_msn_tau_final_ends_the_ramp_there(schedule):
+    """``method.tau_final`` (default 1, the paper's) is where MSN's momentum ramp ends, as iBOT's and DINOv2's: the
+    trained method's ``after_step`` gives ``tau_base`` at the start, the mean half-way, ``tau_final`` at the end of
+    the horizon (``ema_horizon`` 1.25: 4/5 of the way at the end of training), and a constant with ``tau_final =
+    tau_base``. Breaks tried: ``msn_momentum`` ramping to 1 whatever ``tau_final`` is (the old code), or
+    ``after_step`` not passing ``tau_final`` on, both fail: at p=0.25 linear 0.850 for 0.825, cosine 0.829 for
+    0.815."""
+    assert load_recipe("msn").method.tau_final == 1.0 and msn_momentum(0.8, 1.0, schedule) == pytest.approx(1.0)
+
+    def ramp(f: float) -> float:  # the fraction f of the ramp from 0.8 to 0.9, written out
+        return 0.9 - 0.1 * (math.cos(math.pi * f) + 1) / 2 if schedule == "cosine" else 0.8 + 0.1 * f
+
+    for horizon, tau_final, want in [(1.0, 0.9, [0.8, ramp(0.25), 0.85, 0.9, 0.9]),
+                                     (1.25, 0.9, [0.8, ramp(0.2), ramp(0.4), ramp(0.8), 0.9]),
+                                     (1.0, 0.8, [0.8] * 5)]:
+        m = _method("msn", [*MSN_SMALL, "method.tau_base=0.8", f"method.tau_final={tau_final}",
+                            f"method.ema_schedule={schedule}", f"method.ema_horizon={horizon}"])
+        taus = [m.after_step(p)["momentum"] for p in (0.0, 0.25, 0.5, 1.0, horizon)]
+        for p, tau, w in zip((0.0, 0.25, 0.5, 1.0, horizon), taus, want):
+            assert tau == pytest.approx(w), (schedule, horizon, tau_final, p, tau, w)
 
 
 def test_msn_refuses_wrong_views_and_cnn_backbones():

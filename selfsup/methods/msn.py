@@ -28,7 +28,8 @@ Paper vs code, and the choices here:
 - EMA: 0.996 -> 1. The code raises it **linearly** over ``1.25 x`` the training iterations, so training
   ends at ~0.9992 (its lr and weight-decay cosines also span 1.25 x, not reproduced). Default here:
   linear to exactly 1 at the end (``ema_horizon: 1.0``); ``ema_horizon: 1.25`` gives the code's
-  schedule, ``ema_schedule: cosine`` the BYOL/DINO cosine.
+  schedule, ``ema_schedule: cosine`` the BYOL/DINO cosine. ``tau_final`` (default 1) is where either ramp
+  ends, as iBOT's and DINOv2's ``tau_final``; ``tau_final = tau_base`` keeps the momentum constant.
 - Patch drop: the code keeps ``floor(N (1 - patch_drop))`` patches with **one** permutation shared by
   the whole batch; here the same count, but a fresh random subset per image (the paper's "random
   masking", as MAE), drawn by the trainer from (seed, epoch, step).
@@ -70,7 +71,9 @@ class MSNConfig(MethodConfig):
     patch_drop: float = Field(0.15, ge=0, lt=1, description="fraction of patch tokens dropped from the masked anchors")
     rand_views: int = Field(1, ge=1, description="masked full-size anchor views (views.params.n_global = 1 + this)")
     tau_base: float = Field(0.996, ge=0, le=1, description="EMA momentum of the target encoder at the start")
-    ema_schedule: Literal["linear", "cosine"] = Field("linear", description="momentum ramp to 1 (code: linear)")
+    tau_final: float = Field(1.0, ge=0, le=1, description="EMA momentum at the end of the ramp (the paper's 1; "
+                             "tau_base here: a constant momentum)")
+    ema_schedule: Literal["linear", "cosine"] = Field("linear", description="momentum ramp to tau_final (code: linear)")
     ema_horizon: float = Field(1.0, ge=1.0, description="the ramp spans this many runs (official code 1.25: "
                                "ends at ~0.9992)")
 
@@ -100,14 +103,16 @@ def msn_head(in_dim: int, hidden: int, out: int, use_bn: bool = True) -> nn.Sequ
     return head
 
 
-def msn_momentum(tau_base: float, progress: float, schedule: str = "linear", horizon: float = 1.0) -> float:
-    """Target-encoder momentum at ``progress``: from ``tau_base`` to 1 over ``horizon`` runs, linearly (the
-    official ``momentum_scheduler``; horizon 1.25 there) or with BYOL's cosine."""
+def msn_momentum(tau_base: float, progress: float, schedule: str = "linear", horizon: float = 1.0,
+                 tau_final: float = 1.0) -> float:
+    """Target-encoder momentum at ``progress``: from ``tau_base`` to ``tau_final`` (the paper's 1) over ``horizon``
+    runs, linearly (the official ``momentum_scheduler``; horizon 1.25 there) or with BYOL's cosine. With a horizon
+    above 1 training stops before the ramp's end: at ``tau_base + (tau_final - tau_base) / horizon`` (linear)."""
     p = min(max(progress, 0.0), horizon) / horizon
     if schedule == "linear":
-        return tau_base + (1.0 - tau_base) * p
+        return tau_base + (tau_final - tau_base) * p
     if schedule == "cosine":
-        return cosine_momentum(tau_base, p)
+        return cosine_momentum(tau_base, p, tau_final)
     raise ValueError(f"ema_schedule must be 'linear' or 'cosine', got {schedule!r}")
 
 
@@ -174,7 +179,8 @@ class MSN(Method):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> dict[str, float]:
-        m = msn_momentum(self.cfg.tau_base, progress, self.cfg.ema_schedule, self.cfg.ema_horizon)
+        c = self.cfg
+        m = msn_momentum(c.tau_base, progress, c.ema_schedule, c.ema_horizon, c.tau_final)
         self.target_encoder.update(nn.Sequential(self.backbone, self.projector), m)
         return {"momentum": m}
 
