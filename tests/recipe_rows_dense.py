@@ -27,19 +27,26 @@ OWN_CROPS = ("the method cuts its own crops (their geometry is needed): the trai
              "blur 1.0/0.1, solarize 0/0.2)")
 DETCON = ("Hénaff et al. 2021 (DetCon), Sec. 3-4 (DetCon-S: SimCLR's objective over mask-pooled features, tau 0.1, "
           "16 masks per image, FH masks, batch 4096, LARS, 1000 epochs; lightly DetConSLoss temperature 0.1)")
-DETCON_OURS = ("DetCon-S: SimCLR's ImageNet optimisation and crop (Chen et al. 2020, Sec. 2.3 and App. A: LARS lr 0.3 "
-               "x B/256, wd 1e-6, 10 warm-up epochs, crop 0.08-1), projector 4096-128 (selfsup's choice where the "
-               "DetCon appendix was not opened here)")
-DETCON_B = ("DetCon official code, deepmind-research detcon/configs/pretrain.py (the DetCon-B config: LARS "
+DETCON_S_OPT = ("DetCon-S: SimCLR's ImageNet optimisation and crop (Chen et al. 2020, Sec. 2.3 and App. A: LARS lr 0.3 "
+                "x B/256, wd 1e-6, 10 warm-up epochs, crop 0.08-1); lr 0.3 at batch 4096 also in lightly-train "
+                "src/lightly_train/_methods/detcon/detcon.py DetConSSGDArgs (lr=0.3, 'usually optimized with LARS and "
+                "linear scaling'; its weight_decay default 1e-4 differs, SimCLR's 1e-6 is kept); the same 0.08-1 area "
+                "crop in the official DetCon code, google-deepmind/detcon utils/tf_image_ops.py get_random_crop_window")
+DETCON_S_HEAD = ("lightly-train src/lightly_train/_methods/detcon/detcon.py DetConSArgs (hidden_dim 2048, output_dim "
+                 "128, num_layers 2, batch_norm True: SimCLR's 2048-128 projection head; a peer's config, the DetCon "
+                 "appendix was not opened here)")
+DETCON_B = ("DetCon official code, google-deepmind/detcon detcon_b_config.py (the DetCon-B config: LARS "
             "base_learning_rate 0.2 with scale_by_batch, weight_decay 1.5e-6, eta 1e-3, momentum 0.9, "
             "warmup_epochs 10, batch 4096, mlp_hidden_size 4096 and projection_size 256 for projector and "
             "predictor, base_target_ema 0.996, nce_loss_temperature 0.1, ResNet50, output_image_size 224)")
 DETCON_B_MASKS = ("DetCon official code, detcon/detcon_b.py (sample_masks n_random_vectors=16 per image, from the "
                   "Felzenszwalb masks fh_segmentations)")
-DETCON_B_OURS = ("selfsup's choice: 1000 epochs as the DetCon-S recipe (the paper's longest schedule; the paper was "
-                 "not re-opened here, and the official config's default num_epochs is 100); BYOL's crop 0.08-1 "
-                 "(Grill et al. 2020, Table 6) and flip 0.5, as DetCon-S (the official crops come from its data "
-                 "pipeline, not read here)")
+DETCON_B_EPOCHS = ("DetCon official code, google-deepmind/detcon main_loop.py (flag pretrain_epochs default 1000, "
+                   "passed to detcon_b_config.get_config; get_config's own default num_epochs=100 is overridden)")
+DETCON_B_CROP = ("DetCon official code, google-deepmind/detcon utils/tf_image_ops.py (preprocess_image with "
+                 "spatial_crop='random': get_random_crop_window, area uniform in [0.08, 1] of the image, log-uniform "
+                 "aspect 3/4-4/3; random_flip_left_right=True in detcon_b_config.py's pretrain preprocessing: flip "
+                 "with probability 0.5, the masks cropped and flipped with the image)")
 
 _BYOL_JITTER = (0.4, 0.4, 0.2, 0.1, 0.8)
 _UNCROPPED = [("views.kind", "byol"), ("view0.scale", (1.0, 1.0)), ("view0.ratio", (1.0, 1.0)),
@@ -78,9 +85,10 @@ ROWS: list[tuple[str, str, Any, str]] = [
     *_rows("detcon", DETCON, [("method.temperature", 0.1), ("method.n_masks", 16),
                               ("method.segmentation", "felzenszwalb"), ("data.batch_size", 4096),
                               ("optim.name", "lars"), ("train.epochs", 1000), ("model.backbone", "resnet50")]),
-    *_rows("detcon", DETCON_OURS, [("optim.lr", 0.3), ("optim.lr_scaling", "linear"), ("optim.weight_decay", 1e-6),
-                                   ("optim.eta", 1e-3), ("optim.warmup_epochs", 10), ("method.crop_scale", (0.08, 1.0)),
-                                   ("method.projector", "4096-128")]),
+    *_rows("detcon", DETCON_S_OPT, [("optim.lr", 0.3), ("optim.lr_scaling", "linear"), ("optim.weight_decay", 1e-6),
+                                    ("optim.eta", 1e-3), ("optim.warmup_epochs", 10),
+                                    ("method.crop_scale", (0.08, 1.0))]),
+    *_rows("detcon", DETCON_S_HEAD, [("method.projector", "2048-128")]),
     *_rows("detcon", OWN_CROPS, _UNCROPPED),
     *_rows("detcon_b", DETCON_B, [("optim.name", "lars"), ("optim.lr", 0.2), ("optim.lr_scaling", "linear"),
                                   ("optim.weight_decay", 1.5e-6), ("optim.eta", 1e-3), ("optim.momentum", 0.9),
@@ -89,7 +97,7 @@ ROWS: list[tuple[str, str, Any, str]] = [
                                   ("method.tau_base", 0.996), ("method.temperature", 0.1),
                                   ("model.backbone", "resnet50")]),
     *_rows("detcon_b", DETCON_B_MASKS, [("method.n_masks", 16), ("method.segmentation", "felzenszwalb")]),
-    *_rows("detcon_b", DETCON_B_OURS, [("train.epochs", 1000), ("method.crop_scale", (0.08, 1.0)),
-                                       ("method.flip_p", 0.5)]),
+    *_rows("detcon_b", DETCON_B_EPOCHS, [("train.epochs", 1000)]),
+    *_rows("detcon_b", DETCON_B_CROP, [("method.crop_scale", (0.08, 1.0)), ("method.flip_p", 0.5)]),
     *_rows("detcon_b", OWN_CROPS, _UNCROPPED),
 ]

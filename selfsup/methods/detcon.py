@@ -18,8 +18,9 @@ Sampling. ``n_masks`` (16, the paper) region ids per image are drawn with replac
 visible in both views (the same ids in both views; a region absent from the other view has no positive and is
 weighted 0, as the official code does with masks missing from a view).
 
-Recipe (paper: ResNet-50, batch 4096, LARS, 1000 epochs, tau 0.1, 16 masks, SimCLR's views): the projector
-and optimiser values not stated there are SimCLR's (the recipe rows cite each).
+Recipe (paper: ResNet-50, batch 4096, LARS, 1000 epochs, tau 0.1, 16 masks, SimCLR's views): the optimiser is
+SimCLR's (LARS lr 0.3 x B/256, as lightly-train's DetConSSGDArgs), the projector 2048-128 lightly-train's
+DetConSArgs (SimCLR's head); tests/recipe_rows_dense.py cites each value.
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ of ``n_masks`` region ids per image. The target network sees the same cropped vi
 target is BYOL's (:class:`~selfsup.nets.EMA` of ``Sequential(backbone, projector)``, momentum ``tau_base`` rising
 to 1 with BYOL's cosine, :func:`~selfsup.nets.cosine_momentum`); the projector and predictor are BYOL's MLPs.
 
-Recipe (official DetCon-B config, ``detcon/configs/pretrain.py``): ResNet-50, batch 4096, LARS base lr 0.2 x B/256,
-weight decay 1.5e-6, eta 1e-3, 10 warm-up epochs, projector and predictor 4096-256, target EMA 0.996, tau 0.1, 16
-FH masks per image (``detcon_b.py``); 1000 epochs and BYOL's crop scale are selfsup's choices (the official
-config's default is 100 epochs; tests/recipe_rows_dense.py cites each value).
+Recipe (official DetCon-B code, google-deepmind/detcon ``detcon_b_config.py``): ResNet-50, batch 4096, LARS base lr
+0.2 x B/256, weight decay 1.5e-6, eta 1e-3, 10 warm-up epochs, projector and predictor 4096-256, target EMA 0.996,
+tau 0.1, 16 FH masks per image (``detcon_b.py``), 1000 epochs (``main_loop.py``'s ``pretrain_epochs`` default),
+crop area 0.08-1 and flip 0.5 (``utils/tf_image_ops.py``); tests/recipe_rows_dense.py cites each value.
 """
 
 from __future__ import annotations
