@@ -9,7 +9,9 @@ lightly's ``examples/pytorch/tico.py``; ``momentum_encoder: false`` uses the onl
 
 Recipe defaults: projector 4096-256, beta 0.9, rho 8 (lightly's ``TiCoLoss``, whose docstring cites the paper; lightly
 changed it from 20 in PR #1398 and benchmarks it on ImageNet; not checked against the paper's text here),
-BYOL's ImageNet optimisation and views (selfsup's choice; the recipe's provenance rows say which is which).
+BYOL's ImageNet optimisation and views as lightly's TiCo benchmark (benchmarks/imagenet/resnet50/tico.py: LARS
+0.2 x B/256, wd 1.5e-6, 10 warm-up epochs, BYOLTransform); BYOL's batch 4096 and 1000 epochs are selfsup's choice
+(the recipe's provenance rows say which is which).
 """
 
 from __future__ import annotations
