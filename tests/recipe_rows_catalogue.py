@@ -52,7 +52,14 @@ AU = ("Wang & Isola official examples/stl10/main.py (align_w 1, unif_w 1, alpha 
 AU_AUG = ("Wang & Isola official examples/stl10/main.py get_data_loader (crop 64 px 0.08-1, flip, "
           "ColorJitter(0.4, 0.4, 0.4, 0.4) always, gray 0.2, no blur)")
 MACL_LOSS = "lightly 1.6 MACLLoss defaults (temperature 0.1, alpha 0.5, A_0 0; benchmarks/lightly_parity.py)"
-MACL_OURS = "MACL: SimCLR's ImageNet setup (selfsup's choice, method docstring)"
+MACL_RUN = ("MACL official release: chenhaoxing/MACL README.md (pre-trained SimCLR-2048-e200; its codes and configs "
+            "follow MoCo's and SimCLR's, on MMSelfSup) and its config huggingface.co/HaoxingChen/MACL_ICML23 simclr_2048_e200/"
+            "simclr_macl_resnet50_pretrain.py (ResNet-50, NonLinearNeck hid_channels 2048 out_channels 128 "
+            "num_layers 2, MaclaHead temperature 0.1, samples_per_gpu 256: batch 2048, 200 epochs)")
+MACL_OPT = ("SimCLR's optimiser, which the MACL README says its configs follow (Chen et al. 2020: LARS 0.3 x B/256, "
+            "wd 1e-6, 10 warm-up epochs), as in MMSelfSup configs/selfsup/simclr/simclr_resnet50_8xb32-coslr-200e_in1k.py "
+            "(LARS lr 0.3 at batch 256, 4.8 at 4096 in the 16xb256 config; weight_decay 1e-6; LinearLR warm-up over "
+            "epochs 0-10, then cosine to 0); the optimiser lines of MACL's own config were not readable here")
 SIMCLR_AUG = "Chen et al. 2020 (SimCLR), App. A (crop 0.08-1, colour strength 1, gray 0.2, blur 0.5)"
 SIMCLR_ETA = "SimCLR official lars_optimizer.py (eeta=0.001)"
 
@@ -149,8 +156,9 @@ ROWS: list[tuple[str, str, Any, str]] = [
                                      ("view0.solarize_p", 0.0)]),
     # MACL
     *_rows("macl", MACL_LOSS, [("method.temperature", 0.1), ("method.alpha", 0.5), ("method.a0", 0.0)]),
-    *_rows("macl", MACL_OURS, [*_LARS, ("optim.lr", 0.3), ("optim.weight_decay", 1e-6), ("optim.warmup_epochs", 10),
-                               ("data.batch_size", 4096), ("train.epochs", 100), ("method.projector", "2048-128")]),
+    *_rows("macl", MACL_RUN, [("data.batch_size", 2048), ("train.epochs", 200), ("method.projector", "2048-128"),
+                              ("model.backbone", "resnet50")]),
+    *_rows("macl", MACL_OPT, [*_LARS, ("optim.lr", 0.3), ("optim.weight_decay", 1e-6), ("optim.warmup_epochs", 10)]),
     *_rows("macl", SIMCLR_ETA, [("optim.eta", 1e-3)]),
     *_rows("macl", SIMCLR_AUG, _SIMCLR_VIEWS),
 ]

@@ -3,8 +3,10 @@ Escaping the Dilemmas", ICML): SimCLR whose temperature follows the batch's curr
 :math:`\\tau_A = \\tau_0 [1 + \\alpha (A - A_0)]`, with a gradient-balancing reweighting of each anchor
 (:func:`selfsup.losses.macl_loss`).
 
-Recipe defaults: tau_0 0.1, alpha 0.5, A_0 0 (lightly's ``MACLLoss``) on SimCLR's ImageNet setup (projector
-2048-128, LARS lr 0.3 x batch/256, weight decay 1e-6; selfsup's choice, the provenance rows say so).
+Recipe defaults: tau_0 0.1, alpha 0.5, A_0 0 (lightly's ``MACLLoss``) on the official release's SimCLR-2048-e200 run
+(chenhaoxing/MACL README and its config: ResNet-50, projector 2048-128, batch 2048, 200 epochs) with SimCLR's
+optimiser, which the README says its configs follow (LARS lr 0.3 x batch/256, weight decay 1e-6); the provenance
+rows cite each value.
 """
 
 from __future__ import annotations
