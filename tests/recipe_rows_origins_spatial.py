@@ -16,14 +16,23 @@ ROT_STEPS = ("gidariss/FeatureLearningRotNet config/CIFAR10_RotNet_NIN4blocks.py
 ROT_OURS = ("RotNet: selfsup's choice (resnet18 for the NIN, a linear rotation classifier on the pooled features)")
 JIG = ("Noroozi & Favaro 2016, Sec. 3.2-4 and bbrattoli/JigsawPuzzlePytorch (1000 permutations from "
        "select_permutations.py, 225 px -> 75 px cells -> 64 px tiles in JigsawImageLoader.py, fc6 1024 per tile and "
-       "fc7 4096 in JigsawNetwork.py, SGD lr 0.01 momentum 0.9 wd 5e-4, batch 256)")
-JIG_OURS = ("Jigsaw: selfsup's choice (resnet50 for the AlexNet, ~70 epochs for 350k iterations at batch 256, a "
-            "cosine for the step schedule, a 0.6-1 crop for Resize(256) + RandomCrop(225), no colour jitter: the "
-            "per-tile normalisation cancels it)")
+       "fc7 4096 in JigsawNetwork.py)")
+JIG_SOLVER = ("Noroozi's official Caffe code, MehdiNoroozi/JigsawPuzzleSolver solver_cfn_jps.prototxt (base_lr 0.01, "
+              "lr_policy step, gamma 0.1, stepsize 100000, max_iter 350000, momentum 0.9, weight_decay 0.0005) and "
+              "train_val_cfn_jps.prototxt (data batch_size 256): 350,000 x 256 / 1,281,167 = 69.9 epochs, x0.1 every "
+              "100,000 x 256 / 1,281,167 = 19.98 epochs, no warm-up; bbrattoli's JigsawTrain.py has the same 70 "
+              "epochs and x0.1 every 20")
+JIG_OURS = ("Jigsaw: selfsup's choice (resnet50 for the AlexNet, a 0.6-1 crop for Resize(256) + RandomCrop(225), no "
+            "colour jitter: the per-tile normalisation cancels it)")
 RPL = ("Doersch, Gupta & Efros 2015, Sec. 3-4 and cdoersch/deepcontext (96 px patches, 48 px gap, jitter up to "
-       "7 px, colour dropping, fc6 4096 per patch, fc7 4096, SGD momentum 0.9, wd 5e-4, batch 128)")
+       "7 px, colour dropping, fc6 4096 per patch, fc7 4096, SGD momentum 0.9, wd 5e-4, batch 128; the released "
+       "train.py's solver differs: base_lr 1e-5 on a summed loss, momentum 0, weight_decay 0, BN, up to 512 "
+       "patches a batch)")
+RPL_RUN = ("cdoersch/deepcontext solver_mko.prototxt (lr_policy fixed: a constant lr) and README.md, Running step 1 "
+           "(the paper's model trained for about 1M iterations): 1,000,000 x 128 pairs / 1,281,167 images = 99.9 "
+           "epochs, one pair per image per epoch here")
 RPL_OURS = ("relpatch: selfsup's choice (resnet50 for the AlexNet-style net, 400 px crops for images resized to "
-            "150k-450k pixels, lr 0.01 with a cosine for the Caffe steps, 100 epochs)")
+            "150k-450k pixels, lr 0.01: the code's 1e-5 multiplies an unnormalised sum over a varying number of pairs)")
 
 PIRL = ("Misra & van der Maaten 2020, Sec. 4 'Implementation details' (ResNet-50, 128-d, tau 0.07, lambda 0.5, "
         "32,000 negatives, memory momentum 0.5, SGD lr 0.12 at batch 1024, momentum 0.9, wd 1e-4, 800 epochs)")
@@ -54,20 +63,22 @@ ROWS: list[tuple[str, str, Any, str]] = [
     # Jigsaw (ImageNet)
     *_rows("jigsaw", JIG, [("method.grid", 3), ("method.n_permutations", 1000), ("method.crop_frac", 64 / 75),
                            ("method.tile_normalize", True), ("method.tile_dim", 1024), ("method.head", "4096"),
-                           ("data.image_size", 225), ("optim.name", "sgd"), ("optim.lr", 0.01),
-                           ("optim.lr_scaling", "none"), ("optim.momentum", 0.9), ("optim.weight_decay", 5e-4),
-                           ("data.batch_size", 256)]),
-    *_rows("jigsaw", JIG_OURS, [("model.backbone", "resnet50"), ("train.epochs", 70), ("optim.warmup_epochs", 0),
-                                ("views.kind", "crop"), ("view0.scale", (0.6, 1.0)), ("method.tile_size", None),
+                           ("data.image_size", 225)]),
+    *_rows("jigsaw", JIG_SOLVER, [("optim.name", "sgd"), ("optim.lr", 0.01), ("optim.lr_scaling", "none"),
+                                  ("optim.momentum", 0.9), ("optim.weight_decay", 5e-4), ("data.batch_size", 256),
+                                  ("train.epochs", 70), ("optim.warmup_epochs", 0), ("optim.lr_schedule", "step"),
+                                  ("optim.lr_milestones", [20, 40, 60]), ("optim.lr_gamma", 0.1)]),
+    *_rows("jigsaw", JIG_OURS, [("model.backbone", "resnet50"), ("views.kind", "crop"), ("view0.scale", (0.6, 1.0)), ("method.tile_size", None),
                                 ("method.permutation_seed", 0), *_NO_COLOUR]),
     # relative patch location (ImageNet)
     *_rows("relpatch", RPL, [("method.patch", 96), ("method.gap", 48), ("method.jitter", 7),
                              ("method.colour", "drop"), ("method.tile_dim", 4096), ("method.head", "4096"),
                              ("optim.name", "sgd"), ("optim.momentum", 0.9), ("optim.weight_decay", 5e-4),
                              ("data.batch_size", 128)]),
+    *_rows("relpatch", RPL_RUN, [("optim.lr_schedule", "cosine"), ("optim.final_lr_ratio", 1.0),
+                                 ("optim.warmup_epochs", 0), ("train.epochs", 100)]),
     *_rows("relpatch", RPL_OURS, [("model.backbone", "resnet50"), ("data.image_size", 400), ("optim.lr", 0.01),
-                                  ("optim.lr_scaling", "none"), ("optim.warmup_epochs", 0), ("train.epochs", 100),
-                                  ("views.kind", "crop"), ("view0.scale", (0.5, 1.0)), *_NO_COLOUR]),
+                                  ("optim.lr_scaling", "none"), ("views.kind", "crop"), ("view0.scale", (0.5, 1.0)), *_NO_COLOUR]),
     # PIRL (ImageNet)
     *_rows("pirl", PIRL, [("method.dim", 128), ("method.temperature", 0.07), ("method.lam", 0.5),
                           ("method.negatives", 32000), ("method.momentum", 0.5), ("method.memory_size", 1281167),

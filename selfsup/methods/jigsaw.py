@@ -15,8 +15,9 @@ the main process (:meth:`Jigsaw.make_masks`), one permutation index per image an
 
 Recipe defaults (paper Sec. 3.2-4 and the official ``bbrattoli/JigsawPuzzlePytorch``: ``JigsawImageLoader.py``,
 ``select_permutations.py``, ``JigsawNetwork.py``): 1000 permutations, 225 px images in 75 px cells with 64 px
-tiles, fc6 1024 per tile, fc7 4096, SGD lr 0.01 (x0.1 steps, here a cosine), momentum 0.9, weight decay 5e-4,
-batch 256, 350k iterations (~70 epochs of ImageNet at batch 256).
+tiles, fc6 1024 per tile, fc7 4096; the solver of Noroozi's official Caffe code (``MehdiNoroozi/JigsawPuzzleSolver``
+``solver_cfn_jps.prototxt``): SGD lr 0.01, x0.1 every 100k iterations, momentum 0.9, weight decay 5e-4, batch 256,
+350k iterations: 70 epochs of ImageNet with x0.1 at epochs 20, 40 and 60.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ positions (:func:`selfsup.losses.pretext_cross_entropy`). Every choice (neighbou
 noise seed) is drawn per step in the main process (:meth:`RelPatch.make_masks`).
 
 Recipe defaults (paper Sec. 3-4; the official ``cdoersch/deepcontext``): 96 px patches, 48 px gap, jitter up to
-7 px, colour dropping, fc6 4096 per patch, fc7 4096; SGD with momentum 0.9, weight decay 5e-4 and batch 128 (the
-Caffe solver's lr steps become a cosine); the images resized to 150k-450k pixels become selfsup's 400 px crops.
+7 px, colour dropping, fc6 4096 per patch, fc7 4096; SGD with momentum 0.9, weight decay 5e-4 and batch 128 at a
+constant lr (the official solver's ``lr_policy: fixed``) for 100 epochs (the README's ~1M iterations of 128 pairs);
+the images resized to 150k-450k pixels become selfsup's 400 px crops.
 """
 
 from __future__ import annotations
