@@ -38,9 +38,13 @@ PIRL = ("Misra & van der Maaten 2020, Sec. 4 'Implementation details' (ResNet-50
         "32,000 negatives, memory momentum 0.5, SGD lr 0.12 at batch 1024, momentum 0.9, wd 1e-4, 800 epochs)")
 PIRL_TILES = ("VISSL ImgPatchesFromTensor for PIRL (255 px crops, 3 x 3 cells of 85 px, 64 px tiles: crop_frac "
               "64/85); the image branch augmented by crops, flips, colour jitter and greyscale (paper Sec. 4)")
-PIRL_OURS = ("PIRL: selfsup's choice (NPID's Monte-Carlo NCE normaliser, SimCLR's views for the paper's augmentations, "
-             "a cosine for the step schedule, warm-up 0)")
-SIMCLR_AUG = "Chen et al. 2020 (SimCLR), App. A (crop 0.08-1, colour strength 1, gray 0.2, blur 0.5)"
+PIRL_VISSL = ("VISSL configs/config/pretrain/pirl/pirl_jigsaw_4node_resnet.yaml, Misra's PIRL config (OPTIMIZER "
+              "param_schedulers lr: cosine from start_value 0.12 to end_value 0.00012 = 0.001 x, no warm-up; image "
+              "TRANSFORMS: crop_scale_image 0.08-1, ColorJitter(0.4, 0.4, 0.4, 0.2) on every image, RandomGrayscale "
+              "0.2, RandomHorizontalFlip, no blur; its ImgPilRandomPhotometric has no selfsup counterpart)")
+PIRL_OURS = ("PIRL: selfsup's choice (NPID's Monte-Carlo NCE normaliser per term; VISSL's vissl/losses/nce_loss.py "
+             "NCEAverage, with norm_constant -1, estimates one Z from the first batch of the first term, the "
+             "tiles', and uses it for both)")
 
 _NO_COLOUR = [("view0.jitter", (0.0, 0.0, 0.0, 0.0, 0.0)), ("view0.blur_p", 0.0), ("view0.gray_p", 0.0),
               ("view0.flip_p", 0.5)]
@@ -87,8 +91,9 @@ ROWS: list[tuple[str, str, Any, str]] = [
                           ("optim.weight_decay", 1e-4), ("train.epochs", 800), ("method.objective", "nce")]),
     *_rows("pirl", PIRL_TILES, [("method.grid", 3), ("method.crop_frac", 64 / 85), ("data.image_size", 255),
                                 ("method.tile_normalize", False)]),
-    *_rows("pirl", PIRL_OURS, [("method.normalizer", "estimate"), ("optim.warmup_epochs", 0),
-                               ("views.kind", "simclr")]),
-    *_rows("pirl", SIMCLR_AUG, [("view0.scale", (0.08, 1.0)), ("view0.jitter", (0.8, 0.8, 0.8, 0.2, 0.8)),
-                                ("view0.gray_p", 0.2), ("view0.blur_p", 0.5)]),
+    *_rows("pirl", PIRL_OURS, [("method.normalizer", "estimate")]),
+    *_rows("pirl", PIRL_VISSL, [("optim.warmup_epochs", 0), ("optim.lr_schedule", "cosine"),
+                                ("optim.final_lr_ratio", 0.001), ("views.kind", "crop"), ("view0.scale", (0.08, 1.0)),
+                                ("view0.jitter", (0.4, 0.4, 0.4, 0.2, 1.0)), ("view0.gray_p", 0.2),
+                                ("view0.blur_p", 0.0), ("view0.flip_p", 0.5)]),
 ]

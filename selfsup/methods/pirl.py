@@ -26,9 +26,12 @@ Per step the trainer draws, in the main process, each image's tile permutation, 
 (:meth:`PIRL.make_masks`).
 
 Recipe defaults (paper Sec. 4 "Implementation details"): ResNet-50, 128-d embeddings, tau 0.07, lambda 0.5,
-32,000 negatives, memory momentum 0.5, SGD lr 0.12 at batch 1024 (x0.1 steps, here a cosine), momentum 0.9,
-weight decay 1e-4, 800 epochs; tiles: 255 px crops in 85 px cells, a 64 px tile from each (VISSL's
-``ImgPatchesFromTensor``), the image augmented by crops, flips, colour jitter and greyscale.
+32,000 negatives, memory momentum 0.5, SGD lr 0.12 at batch 1024, momentum 0.9, weight decay 1e-4, 800 epochs;
+tiles: 255 px crops in 85 px cells, a 64 px tile from each (VISSL's ``ImgPatchesFromTensor``), the image augmented
+by crops, flips, colour jitter and greyscale. From VISSL's PIRL config (``pirl_jigsaw_4node_resnet.yaml``): a
+cosine to 0.001 x without warm-up, and the image's crop 0.08-1, ColorJitter(0.4, 0.4, 0.4, 0.2) on every image,
+greyscale 0.2 and flips. VISSL's NCE estimates one Z, from the tile term's first batch, for both terms; selfsup's
+``estimate`` gives each term its own.
 """
 
 from __future__ import annotations
