@@ -12,7 +12,9 @@ SMOG = ("lightly docs/source/getting_started/benchmarks/cifar10_benchmark.py SMo
         "bank 10000, SGD lr 0.01 momentum 0.9 wd 1e-6, cosine; README rows batch 512 x 800 epochs, kNN 0.800)")
 SMOG_AUG = ("lightly cifar10_benchmark.py smog_transform = SMoGTransform(crop 32, counts (1, 1), cj_strength 0.5 of "
             "(0.8, 0.8, 0.4, 0.2) p 1.0, gray 0.2, blur 0, scale 0.2-1, solarize (0, 0.2))")
-SMOG_OURS = "selfsup's choice: no warm-up and a cosine to 0 (lightly's CosineAnnealingLR over max_epochs)"
+SMOG_SCHED = ("lightly docs/source/getting_started/benchmarks/cifar10_benchmark.py SMoGModel.configure_optimizers "
+              "(torch.optim.lr_scheduler.CosineAnnealingLR(optim, max_epochs), eta_min default 0: a cosine to 0 over "
+              "the epochs, no warm-up)")
 A41 = ("solo-learn scripts/pretrain/cifar/all4one.yaml (ResNet-18, temperature 0.2, proj 2048-2048-256, pred 4096, "
        "queue 98304, tau 0.99 -> 1, LARS lr 1.0 eta 0.02 wd 1e-5, batch 256, 1000 epochs)")
 A41_CODE = ("solo-learn solo/methods/all4one.py (k 5 neighbours, 3 transformer layers of 8 heads, centroid term at "
@@ -39,7 +41,7 @@ ROWS: list[tuple[str, str, Any, str]] = [
                           ("method.bank_size", 10000), ("optim.name", "sgd"), ("optim.lr", 0.01),
                           ("optim.lr_scaling", "none"), ("optim.momentum", 0.9), ("optim.weight_decay", 1e-6),
                           ("data.batch_size", 512), ("train.epochs", 800), ("data.image_size", 32)]),
-    *_rows("smog", SMOG_OURS, [("optim.warmup_epochs", 0), ("optim.final_lr_ratio", 0.0)]),
+    *_rows("smog", SMOG_SCHED, [("optim.warmup_epochs", 0), ("optim.final_lr_ratio", 0.0)]),
     *_rows("smog", SMOG_AUG, [("views.kind", "byol"), ("view0.size", 32), ("view0.scale", (0.2, 1.0)),
                               ("view0.jitter", (0.4, 0.4, 0.2, 0.1, 1.0)), ("view0.gray_p", 0.2),
                               ("view0.blur_p", 0.0), ("view1.blur_p", 0.0), ("view0.solarize_p", 0.0),
