@@ -4,12 +4,14 @@ fails with it (tests/test_catalogue_b_learning.py's docstring has the figures):
 
     PYTHONPATH=tests .venv/bin/python benchmarks/broken_pairs_knn.py fastsiam_digits --brk permviews optim.lr=0.5
 
-Breaks (FastSiam, NNBYOL, NNSiam; SMoG takes roll1 / perm / neg / zero on its target projections and loss):
+Breaks (FastSiam, NNBYOL, NNSiam; SMoG takes roll1 / perm / neg / zero on its target projections and loss, and
+permviews on its views):
   roll1      every target taken from the next image of the batch (rows rolled by one)
   perview    each view's target from a different other image (FastSiam: view v's rolled by v + 1 rows; NNBYOL and
              NNSiam: the two targets rolled by 1 and 2)
   permviews  view 0 kept, view u >= 1 of tuple i is view u of image pi_u(i) (a seeded random permutation per view
-             and step): the views a loss ties together come from different images
+             and step): the views a loss ties together come from different images (SMoG: its forward gets the
+             permuted views, so each online view is paired with another image's momentum target)
   zero       the loss times 0 (FastSiam, SMoG)
 """
 
@@ -80,6 +82,14 @@ def main() -> int:
         loss, new = smog_loss(p, z, t, groups, beta, tau, *a, **k)
         return {"neg": -loss, "zero": loss * 0}.get(brk, loss), new
 
+    smog_forward = smog_module.SMoG.forward
+
+    def smog_permviews(self, views, *a, **k):
+        if brk == "permviews":
+            views = [v if u == 0 else v[torch.randperm(v.shape[0], generator=gen)] for u, v in enumerate(views)]
+        return smog_forward(self, views, *a, **k)
+
+    smog_module.SMoG.forward = smog_permviews
     fastsiam_module.fastsiam_loss = fastsiam_broken  # the methods' own calls; nothing else changes
     nnbyol_module.nn_byol_loss = nn_broken(nn_byol_loss)
     nnsiam_module.nn_simsiam_loss = nn_broken(nn_simsiam_loss)

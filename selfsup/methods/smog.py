@@ -4,55 +4,53 @@ pick, among K group features, the group of the momentum encoder's projection of 
 (:func:`selfsup.losses.smog_loss`); the groups move with momentum beta inside each step, towards the mean
 online projection of their members (:func:`selfsup.losses.smog_group_update`).
 
-As lightly's ``examples/pytorch/smog.py`` and CIFAR-10 benchmark (the paper's text and official code could not
-be opened here): projector 2048-128 ending in BatchNorm, predictor 2048-128, K = 300 groups initialised to
-normalised uniform noise, beta 0.99, tau 0.1, a momentum encoder at 0.99; one direction per step, the views
-swapped on every other step; every ``reset_every`` = 300 steps (the paper's Table 7b, per lightly) the groups
-are re-initialised by k-means of a memory bank of recent online projections and the momentum encoder is reset
-to the online network. The k-means is spherical (selfsup's choice; lightly runs scikit-learn's Euclidean
-k-means and normalises the centres), seeded from the step so every process and a resumed run get the same
-groups. Groups, bank and step are buffers: checkpoints resume exactly; under DDP the group update, the bank
-and the k-means use the global batch.
+The defaults are lightly's ``examples/pytorch/smog.py`` and CIFAR-10 benchmark: projector 2048-128 ending in
+BatchNorm, predictor 2048-128, K = 300 groups initialised to normalised uniform noise, beta 0.99, tau 0.1, a
+momentum encoder at 0.99; one direction per step, the views swapped on every other step; every ``reset_every`` =
+300 steps the groups are re-initialised by k-means of a memory bank of recent online projections and the
+momentum encoder is reset to the online network. The k-means is spherical (lightly runs scikit-learn's Euclidean
+k-means and normalises the centres), from K bank rows drawn by a generator seeded by ``kmeans_seed`` (a buffer
+drawn from the run's seed) and the step, so every process and a resumed run get the same groups. Groups, bank,
+seed and step are buffers: checkpoints resume exactly; under DDP the group update, the bank and the k-means use
+the global batch.
 
-**Digits: no learning yet** (kNN top-1 of tests/test_catalogue_learning.py's short run, random init 0.497; 1
-thread, seed 0 unless said; benchmarks/smog_groups.py). The kNN reads ``self.backbone``, the
-online encoder (the one lightly and the paper keep). The groups do not collapse: with smog_digits' 30 groups,
-26-27 distinct target groups per 64-image batch at step 0 and 15-18 at step 44 (members: 27 -> 20); the
-prediction picks the target group for 0.03 -> 0.23 of the batch and the loss falls 3.6 -> 2.7 (log 30 = 3.4), so
-the group task is learned but the backbone barely moves. In the 2-epoch run (44 steps) ``reset_every`` 50 never
-fires, so the groups stay near their uniform-noise initialisation (beta 0.99 moves them ~35% in 44 steps).
-Measured: recipe 0.510; beta 0.9 0.503; beta 0.9 + resets every 11 steps 0.513; 100 groups + beta 0.9 0.490;
-lightly's momentum 0.99 (the recipe has 0.9) 0.532, seed 1 0.529 vs 0.506, and with it resets every 22 steps
-0.532, every 11 0.551 (seed 0) but 0.516 vs 0.506 (seed 1) and 0.521 vs 0.516 (seed 2), lr 2 0.512, lr 0.5 0.500,
-temperature 0.2 0.517, 4 epochs 0.506 (no resets: 0.510). With momentum 0.99 (seed 0 unless said): temperature
-0.05 0.509; 64 groups 0.537, 128 0.531, 256 0.523 (of 128 or 256 groups only 20-25 are ever picked as targets
-in a batch of 64; our reading: uniform-noise groups are nearly parallel, expected cos 0.75 in 64-d, so a few
-of them win most argmaxes); resets every 5 steps 0.527; resets every 5 + temperature 0.05 0.550, seed 1 0.538 vs
-0.506, seed 2 0.501 vs 0.516; the same with 64 groups 0.497 / 0.536 / 0.480 (seeds 0-2), with bank 256 0.506 /
-0.497 / 0.507, with beta 0.9 0.511 / 0.542 / 0.487; resets every 11 + temperature 0.05 0.528 / 0.515 / 0.482.
-No setting clears MARGIN 0.04 on more than one seed (seed 2 stays below its random init in all five),
-so there is no SMoG learning test; lightly's settings (300 groups, 300-step resets, batch 512) are for
-hundreds of epochs on CIFAR, far from a 44-350-step digits run.
+The official code (``main_SMoG.py`` in ``files/SMoG_code.zip`` of github.com/BoPang1996/BoPang1996.github.io, the
+paper's project page; the paper's text could not be opened here) differs from lightly's; two of its choices are
+options:
 
-Why (a third sweep, benchmarks/smog_groups.py, which now also counts how often the online projection of view a
-and the momentum target of view b fall in the same group; chance is 1/30 = 0.03): at random init the two views
-of an image share a group for only 0.02-0.11 of the batch, so the group targets say almost nothing about the
-image, and SMoG learns view invariance only from them; the share rises to 0.1-0.25 by step 44. The signal is
-real but small next to the run-to-run noise: the recipe gains +0.012 / -0.012 / +0.021 (seeds 0 / 1 / 2), and
-with the momentum targets shuffled across the batch (the broken loss) +0.002 / -0.006 / +0.009 (with the two
-patches below). Two patches tried in the benchmark only: groups initialised by spherical k-means of the first
-batch's momentum projections (every group used at step 0; the paper's own initialisation could not be
-checked) together with both directions every step (lightly: one, the views swapped every other step) gave
-+0.048 / +0.013 / +0.042, but re-drawing only the k-means start (its permutation seeded 0-3) gives +0.048,
-+0.027, +0.051, +0.002 on seed 0, and start 1 gives +0.037 / -0.036 on seeds 1 / 2; k-means alone +0.037 / +0.041 /
--0.022, with momentum 0.99 +0.004 / +0.016 / -0.044; with the two: beta 0.9, beta 0.95, temperature 0.2, lr
-0.5 or 2, momentum 0 or 0.5, 64 groups, resets every 11 steps, batch 32, crop scale [0.6, 1] stay within
--0.04..+0.055 with at least one of seeds 1 / 2 short of the margin. Longer runs do not help: 4 epochs +0.012 /
-+0.025 (seeds 2 / 1, both patches); 8 epochs -0.055 (seed 2, both patches, resets every 44), the recipe -0.013 /
-+0.021 (seeds 2 / 0) without resets, where seed 2's targets shrink to 9 of the 30 groups. Each reset
-drops the prediction = target rate to chance (0.23 -> 0.02) while the network re-learns the new groups. BYOL, the same
-momentum-encoder-and-predictor scheme with instance targets, also misses at 2 epochs on seed 2 (-0.006; +0.046
-on seed 0). So neither patch is a library option, and SMoG still has no learning test.
+- ``group_init: kmeans``: before step 1 it fills a memory bank with the online projections of the training set
+  (``init_memory``) and sets the groups to their spherical k-means, 10 rounds from random bank rows
+  (``cluster_memory``). Here :meth:`prepare` does so on ``bank_size`` training images (the trainer's seeded sample,
+  un-augmented; BatchNorm with batch statistics, its running statistics restored), through :meth:`reset_groups`.
+- ``symmetric: true``: every online crop's prediction is scored against the group of every momentum crop (the
+  loss sums over the momentum crops, no crop pairs with itself). With two views: view a against view b's target
+  and view b against view a's, averaged, in one online pass over both views (BatchNorm over 2n rows, as the
+  official code's same-size crops); the groups move once, by both views' online projections.
+
+Not options (selfsup keeps lightly's): the official code also re-clusters the whole-dataset memory and resets the
+momentum encoder at every epoch (``reset_every`` = steps per epoch comes closest), averages L2-normalised online
+projections in the group update and renormalises the groups, with the group momentum rising linearly from 1.0 to
+0.99 over training (here a constant beta on the raw projections), and scores the predictions against the updated
+groups detached (``MultiPrototypes.forward``), although its README says gradients pass through the group features
+(here, as lightly's, they do).
+
+**Digits** (kNN top-1 of tests/test_catalogue_learning.py's short run: 2 epochs of 44 steps at batch 64, seeds
+0 / 1 / 2, random init 0.497 / 0.506 / 0.516; 1 thread; benchmarks/smog_groups.py, and broken_pairs_knn.py
+``--brk permviews`` for the break: view 1 of each pair from another image). The kNN reads ``self.backbone``, the
+online encoder (the one lightly and the paper keep). Lightly's step: the recipe's lightly settings +0.012 / -0.012
+/ +0.021, and over ~40 settings (beta, temperature, 10-256 groups, momentum, lr, resets every 5-50 steps, 4-8
+epochs) none clears MARGIN 0.04 on more than one seed. The groups do not collapse (26-27 distinct target groups
+per batch at step 0, 15-18 at step 44; of 128 or 256 uniform-noise groups only 20-25 are ever picked), but at
+random init the two views of an image share a group for only 0.02-0.11 of the batch (chance 1/30 = 0.03), so the
+targets hardly depend on the image. The two official options alone do not change that (29 of 30 groups used at
+step 0, views sharing one for 0.06-0.11): +0.019 / +0.002 / -0.057, the break +0.008 / +0.037 / +0.009; with
+momentum 0.99 and resets every epoch (22 steps) +0.040 / +0.013 / +0.013; longer is worse (4 epochs: seed 2
+-0.075; 6 epochs: seed 1 -0.062). What the random-init groups lose is the crop: at crops 0.8-1 without colour jitter
+the views share a group for 0.12-0.27 of the batch at step 0 (seeds 2-4), and the two options gain +0.097 / +0.062 / +0.047 (seeds 3 / 4: +0.038
+/ +0.117) against the break's -0.015 / +0.040 / -0.037 (-0.066 / +0.019); with those views lightly's step gains
++0.064 / +0.051 / -0.008, k-means init alone +0.065 / +0.053 / -0.019, both directions alone +0.056 / +0.050 /
++0.025. smog_digits therefore sets both options, and its learning test (tests/test_joint_b.py) takes the mean of
+seeds 0-2 at those views, since a single seed's gain moves by ~0.04.
 """
 
 from __future__ import annotations
@@ -64,9 +62,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from selfsup.losses import smog_loss, spherical_kmeans
+from selfsup.losses import smog_assign, smog_loss, spherical_kmeans
 from selfsup.methods.base import Method, MethodConfig
-from selfsup.nets import EMA, MemoryBank, mlp, out_dim
+from selfsup.nets import EMA, MemoryBank, initial_features, mlp, out_dim
 
 
 class SMoGConfig(MethodConfig):
@@ -80,7 +78,15 @@ class SMoGConfig(MethodConfig):
     reset_every: int = Field(300, ge=0, description="steps between k-means resets of the groups and of the "
                                                     "momentum encoder (0: never)")
     bank_size: int = Field(10000, gt=0, description="recent online projections kept for the k-means reset")
-    kmeans_iters: int = Field(10, ge=1, description="spherical k-means iterations at each reset")
+    kmeans_iters: int = Field(10, ge=1, description="spherical k-means iterations at each reset (and at the "
+                                                    "k-means initialisation)")
+    group_init: Literal["uniform", "kmeans"] = Field(
+        "uniform", description="initial groups: uniform (normalised uniform noise, lightly's) or kmeans (the "
+                               "official code's: spherical k-means of the online projections of bank_size training "
+                               "images before step 1, from rows drawn by a generator seeded by kmeans_seed)")
+    symmetric: bool = Field(False, description="false: one direction per step, the views swapped every other step "
+                                               "(lightly's); true: each view's prediction against the other view's "
+                                               "target group every step, the two averaged (the official code's)")
 
 
 class SMoG(Method):
@@ -105,8 +111,29 @@ class SMoG(Method):
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self.bank = MemoryBank(cfg.bank_size, d)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.prepare_images = cfg.bank_size if cfg.group_init == "kmeans" else 0
+
+    @torch.no_grad()
+    def prepare(self, images, run_dir=None) -> dict[str, float]:
+        """``group_init: kmeans``: the bank := the online projections of ``images`` (training images, BatchNorm
+        with batch statistics, its running statistics left as they were), the groups := their spherical k-means
+        (:meth:`reset_groups`), as the official code's ``init_memory`` and first ``cluster_memory``."""
+        online = nn.Sequential(self.backbone, self.projector)
+        self.bank.enqueue(initial_features(online, online, images), distributed=False)
+        self.reset_groups()
+        x = F.normalize(self.bank.get(), dim=1)
+        return {"groups_used": float(smog_assign(x, self.groups).unique().numel())}
 
     def forward(self, views, progress=0.0, labels=None):
+        if self.cfg.symmetric:  # both directions: row i of the online half is paired with the other view's target
+            n = views[0].shape[0]
+            h = self.backbone(torch.cat(views[:2]))
+            z = self.projector(h)
+            with torch.no_grad():
+                t = self.teacher(torch.cat([views[1], views[0]]))
+            loss, groups = smog_loss(self.predictor(z), z, t, self.groups, self.cfg.beta, self.cfg.temperature)
+            self._pending = (groups.detach(), z[:n].detach())
+            return self.regularize({"loss": loss, "feats": h[:n].detach(), "emb": z[:n].detach()}, [z[:n], t[:n]])
         a, b = (views[1], views[0]) if int(self.step) % 2 else (views[0], views[1])  # lightly swaps every other step
         h = self.backbone(a)
         z = self.projector(h)
