@@ -50,7 +50,10 @@ the views share a group for 0.12-0.27 of the batch at step 0 (seeds 2-4), and th
 / +0.117) against the break's -0.015 / +0.040 / -0.037 (-0.066 / +0.019); with those views lightly's step gains
 +0.064 / +0.051 / -0.008, k-means init alone +0.065 / +0.053 / -0.019, both directions alone +0.056 / +0.050 /
 +0.025. smog_digits therefore sets both options, and its learning test (tests/test_joint_b.py) takes the mean of
-seeds 0-2 at those views, since a single seed's gain moves by ~0.04.
+seeds 0-2 at those views, since a single seed's gain moves by ~0.04. The full smog_digits run (``selfsup train
+--recipe smog_digits``, 30 epochs x 5 steps at 32 px, seed 0, 1 thread, loaded machine, 8.5 min): kNN k=20 0.900,
+linear probe 0.964, against 0.900 / 0.950 at random init; with the milder views at full length kNN 0.858, linear
+0.964 (7.2 min), so the recipe keeps its views.
 """
 
 from __future__ import annotations
