@@ -3,7 +3,7 @@ downloaded): the linear segmentation probe's mIoU (protocol ``dense_miou``) and 
 against the same encoder at random init, per recipe.
 
     OMP_NUM_THREADS=1 python benchmarks/dense_table.py --out /tmp/dense_table [--recipes simclr_digits selfpatch_digits]
-        [--epochs N] [--dense-epochs 20]
+        [--epochs N] [--dense-epochs 20] [--set KEY=VALUE ...]
 
 Each recipe is trained on ``data.format=digit_scenes`` (its other values unchanged, ``--epochs`` overrides
 ``train.epochs``), then both encoders are evaluated by ``selfsup.run_evaluation.evaluate_backbone`` with
@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="*", default=["simclr_digits", "selfpatch_digits"])
     ap.add_argument("--epochs", type=int, default=None, help="train.epochs for every recipe (default: the recipe's)")
     ap.add_argument("--dense-epochs", type=int, default=20)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="recipe overrides for every recipe, e.g. train.seed=1 method.patch_weight=0")
     args = ap.parse_args()
     print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
@@ -46,7 +48,7 @@ def main() -> None:
     for name in args.recipes:
         over = ["data.format=digit_scenes", "eval.protocols=[knn,dense_miou]", f"eval.dense_epochs={args.dense_epochs}",
                 "eval.at_end=false", f"train.out_dir={args.out}", f"train.run_name={name}", "train.progress_bar=false",
-                ]
+                *args.set]
         if args.epochs is not None:
             base = load_recipe(name)
             over += [f"train.epochs={args.epochs}", f"optim.warmup_epochs={min(base.optim.warmup_epochs, args.epochs)}"]
