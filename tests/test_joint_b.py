@@ -178,6 +178,10 @@ def test_smog_kmeans_init_is_the_seeded_kmeans_of_the_online_projections():
     assert int(other.kmeans_seed) != int(m.kmeans_seed)
     other.load_state_dict(m.state_dict())
     assert torch.equal(other.groups, m.groups) and torch.equal(other.bank.get(), m.bank.get())
+    with pytest.raises(ValueError, match="raise method.bank_size"):  # fewer bank rows than groups
+        _method("smog_digits", ["method.group_init=kmeans", "method.bank_size=4", "method.n_groups=5"])
+    with pytest.raises(ValueError, match="lower method.n_groups"):  # fewer training images than groups
+        _method("smog_digits", over).prepare([images[0][:3]])
 
 
 def test_smog_kmeans_symmetric_resume_is_bit_identical(tmp_path):
