@@ -23,6 +23,12 @@ same roll fails, above.) The roll is caught where it would live, by the float64 
 (tests/test_catalogue_b.py fails with it). Inverting the sign of a predictor loss (NNBYOL, NNSiam, FastSiam) is
 undone by the predictor; those losses' targets are checked by the float64 references and method tests in
 tests/test_catalogue_b.py.
+NNBYOL's short run sets ``nn_start`` 0 (solo-learn's: neighbours from the second step on), so it runs exactly as
+before the recipe's 0.5 (BYOL's own targets for the first half, chosen for the full 30-epoch run) and tests the
+nearest-neighbour targets. On the 2-core dev machine of 2026-12-02 the figures above do not reproduce: at c84072d
+(and at 5423689, where they were measured) nnbyol gives 0.536, and nnsiam 0.484 at c84072d plus this change
+(which leaves nnsiam alone), both below the 0.537 bar (fastsiam 0.552, mocov1 0.552, ressl 0.546); nnbyol with the
+recipe's nn_start 0.5, 0.537, also just below.
 Time: 32 s of CPU (``/usr/bin/time``, user) for the five with pytest start-up; 2 min 7 s wall (``--durations``)
 on the 2-core dev machine under a load average of ~13 from other jobs.
 """
@@ -38,7 +44,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 METHODS = [
     pytest.param("mocov1_digits", ["method.queue_size=256"], id="mocov1"),
     pytest.param("ressl_digits", ["method.queue_size=256"], id="ressl"),
-    pytest.param("nnbyol_digits", [], id="nnbyol"),
+    pytest.param("nnbyol_digits", ["method.nn_start=0"], id="nnbyol"),  # neighbours throughout, see the docstring
     pytest.param("nnsiam_digits", ["optim.lr=0.5"], id="nnsiam"),
     pytest.param("fastsiam_digits", ["optim.lr=0.5"], id="fastsiam"),
 ]

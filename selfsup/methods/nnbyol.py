@@ -5,8 +5,9 @@ The online network (backbone, projector, predictor) and the EMA target (backbone
 schedule from ``tau_base`` to 1) are :class:`selfsup.methods.byol.BYOL`'s. The support set is NNCLR's FIFO
 :class:`selfsup.nets.MemoryBank` (in the checkpoint); it receives the global batch of normalised view-1 target
 projections after each step (solo-learn enqueues the momentum projections). At the first step it is empty and
-each target is its own neighbour (BYOL). With labels, ``nn_acc`` logs how often the neighbour has the anchor's
-label.
+each target is its own neighbour (BYOL); ``nn_start`` (selfsup's option, default 0 as solo-learn) keeps BYOL's own
+targets for that fraction of training while the support set fills (nnbyol_digits.yaml says why). With labels,
+``nn_acc`` logs how often the neighbour has the anchor's label.
 
 Recipe defaults (solo-learn ``scripts/pretrain/cifar/nnbyol.yaml``; no paper gives an NNBYOL recipe): ResNet-18
 on CIFAR-10 at 32 px, projector and predictor 4096-256 (BN), support set 65536, momentum 0.99 -> 1, LARS lr 1.0
@@ -32,6 +33,9 @@ class NNBYOLConfig(BYOLConfig):
     tau_base: float = Field(0.99, ge=0, le=1, description="EMA momentum of the target at the start, cosine to 1 "
                             "(solo-learn 0.99)")
     queue_size: int = Field(65536, gt=0, description="support set size (past target projections)")
+    nn_start: float = Field(0.0, ge=0, lt=1, description="fraction of training during which each target is its own "
+                            "neighbour (BYOL's target) while the support set fills; 0: solo-learn's, neighbours from "
+                            "the second step on")
 
 
 class NNBYOL(BYOL):
@@ -52,7 +56,7 @@ class NNBYOL(BYOL):
         with torch.no_grad():
             t = [F.normalize(x, dim=1) for x in encode_views(self.teacher, views[:2])]
         out = {}
-        if int(self.support.count) == 0:  # cold start: each target is its own neighbour
+        if int(self.support.count) == 0 or progress < self.cfg.nn_start:  # cold start: own target (BYOL)
             loss = nn_byol_loss(p[0], p[1], t[0], t[1], torch.cat(t))
         else:
             support = self.support.get()
