@@ -27,7 +27,9 @@ alone does not show. Measured (1 thread; kNN top-1 random init -> trained, own-r
   exact softmax (objective softmax), whose push cancels the rows' common direction, lets g learn only when the views
   leave the bank rows an identity to match: crops 1-1 without jitter 0.42 / 0.031 (lam 1: 0.13 / 0.047), crops 0.6-1
   0.77 / 0.020 (kNN 0.563), no jitter 0.79 / 0.023 (kNN 0.572); with the recipe's crops 0.3-1 and jitter it
-  collapses too (0.89 / 1/256, kNN 0.574). Not cured: the recipe keeps the paper's NCE.
+  collapses too (0.89 / 1/256, kNN 0.574), and so with lam 0.9 (0.85 / 1/256), tile_size 16 (0.99 / 0) or a second
+  crop for the jigsaw (0.90 / 0.012); softmax at tau 0.2 0.46 / 0.008 (kNN 0.594), at lr 0.01 0.47 / 0.012 (kNN
+  0.519). NCE at tau 0.2 / 0.5: 0.996 / 0.983, own-row <= 1/256. Not cured: the recipe keeps the paper's NCE.
 Before (lemniscate's random bank rows, so Z ~ 2.2 n is estimated against uncorrelated rows while the small CNN's
 initial features have mean cosine ~0.7; selfsup/nets/instance_bank.py): npid NCE 0.096 (0.17-0.37 at tau 0.1-0.2,
 lr 0.003-0.01, momentum 0), bank rows and features at cosine ~0.97; pirl NCE 0.131-0.378 (random bank, or the g
