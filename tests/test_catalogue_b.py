@@ -244,6 +244,22 @@ def test_nnbyol_nn_start_keeps_byols_own_targets_then_uses_the_support_set():
     assert load_recipe("nnbyol").method.nn_start == 0  # solo-learn's: neighbours from the second step on
 
 
+def test_nnsiam_nn_start_keeps_simsiams_own_targets_then_uses_the_support_set():
+    """NNSiam's ``nn_start`` (as NNBYOL's; its learning test sets 0.5): SimSiam's loss before that fraction of
+    training while the support set fills, the neighbours from it on. Fails if the option is ignored."""
+    heads = {"projector": "16-6", "predictor": "16-6"}
+    m = make("nnsiam", queue_size=32, nn_start=0.5, **heads)
+    base = make("simsiam", **heads)
+    base.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("support.")})
+    m(views_of(8), 0.0)
+    m.after_step(0.0)
+    assert int(m.support.count) == 8
+    other = views_of(8, seed=5)
+    torch.testing.assert_close(m(other, 0.49)["loss"], base(other)["loss"])  # support set filled, own targets
+    assert m(other, 0.5)["loss"].item() != pytest.approx(base(other)["loss"].item())
+    assert load_recipe("nnsiam").method.nn_start == 0  # solo-learn's: neighbours from the second step on
+
+
 @pytest.mark.parametrize("name", ["nnbyol", "nnsiam", "ressl", "mocov1"])
 def test_queue_methods_refuse_accumulation_in_one_line(name):
     with pytest.raises(ConfigError, match=rf"train.accumulate=2: {name} cannot accumulate") as e:

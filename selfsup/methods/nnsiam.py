@@ -5,8 +5,9 @@ are replaced by their nearest neighbours in a support set of past projections
 The projector, predictor and parameter groups (the predictor keeps the peak lr) are
 :class:`selfsup.methods.simsiam.SimSiam`'s. The support set is NNCLR's FIFO :class:`selfsup.nets.MemoryBank`
 (in the checkpoint); it receives the global batch of normalised view-1 projections after each step. At the first
-step it is empty and each projection is its own neighbour (SimSiam). With labels, ``nn_acc`` logs how often the
-neighbour has the anchor's label.
+step it is empty and each projection is its own neighbour (SimSiam); ``nn_start`` (selfsup's option, default 0 as
+solo-learn, as NNBYOL's) keeps SimSiam's own targets for that fraction of training while the support set fills.
+With labels, ``nn_acc`` logs how often the neighbour has the anchor's label.
 
 Recipe defaults (solo-learn ``scripts/pretrain/cifar/nnsiam.yaml``; no paper gives an NNSiam recipe): ResNet-18
 on CIFAR-10 at 32 px, projector 2048-2048-2048 (BN, the last without affine), predictor 4096-2048, support set
@@ -32,6 +33,9 @@ class NNSiamConfig(SimSiamConfig):
     name: Literal["nnsiam"] = "nnsiam"  # type: ignore[assignment]
     predictor: str = Field("4096-2048", description="predictor head widths, hidden-...-output (solo-learn 4096)")
     queue_size: int = Field(65536, gt=0, description="support set size (past projections)")
+    nn_start: float = Field(0.0, ge=0, lt=1, description="fraction of training during which each projection is its "
+                            "own neighbour (SimSiam's target) while the support set fills; 0: solo-learn's, neighbours "
+                            "from the second step on")
 
 
 class NNSiam(SimSiam):
@@ -52,7 +56,7 @@ class NNSiam(SimSiam):
         p = [self.predictor(x) for x in z]
         zn = [F.normalize(x.detach(), dim=1) for x in z]
         out = {}
-        if int(self.support.count) == 0:  # cold start: each projection is its own neighbour
+        if int(self.support.count) == 0 or progress < self.cfg.nn_start:  # cold start: own projection (SimSiam)
             loss = nn_simsiam_loss(p[0], p[1], zn[0], zn[1], torch.cat(zn))
         else:
             support = self.support.get()
