@@ -226,13 +226,15 @@ def test_nn_methods_start_as_their_base_then_use_the_support_set(name):
     assert "nn_acc" in out and out["loss"].item() != pytest.approx(base(other)["loss"].item())
 
 
-def test_nnbyol_nn_start_keeps_byols_own_targets_then_uses_the_support_set():
-    """``nn_start`` (nnbyol_digits'): before that fraction of training the loss is BYOL's (own targets) while the
-    support set still fills; from it on the targets are the neighbours. Fails if the option is ignored (the
-    first assertion) or if it also stops the support set from filling."""
+@pytest.mark.parametrize("name, plain", [("nnbyol", "byol"), ("nnsiam", "simsiam")])
+def test_nn_start_keeps_own_targets_then_uses_the_support_set(name, plain):
+    """``nn_start`` (nnbyol_digits' 0.5; NNSiam's learning test sets it too): before that fraction of training the
+    loss is the plain method's (own targets: BYOL's, SimSiam's) while the support set still fills; from it on the
+    targets are the neighbours. Fails if the option is ignored (the first assertion) or if it also stops the
+    support set from filling."""
     heads = {"projector": "16-6", "predictor": "16-6"}
-    m = make("nnbyol", queue_size=32, nn_start=0.5, **heads)
-    base = make("byol", **heads)
+    m = make(name, queue_size=32, nn_start=0.5, **heads)
+    base = make(plain, **heads)
     base.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("support.")})
     m(views_of(8), 0.0)
     m.after_step(0.0)
@@ -241,23 +243,7 @@ def test_nnbyol_nn_start_keeps_byols_own_targets_then_uses_the_support_set():
     other = views_of(8, seed=5)
     torch.testing.assert_close(m(other, 0.49)["loss"], base(other)["loss"])  # support set filled, own targets
     assert m(other, 0.5)["loss"].item() != pytest.approx(base(other)["loss"].item())
-    assert load_recipe("nnbyol").method.nn_start == 0  # solo-learn's: neighbours from the second step on
-
-
-def test_nnsiam_nn_start_keeps_simsiams_own_targets_then_uses_the_support_set():
-    """NNSiam's ``nn_start`` (as NNBYOL's; its learning test sets 0.5): SimSiam's loss before that fraction of
-    training while the support set fills, the neighbours from it on. Fails if the option is ignored."""
-    heads = {"projector": "16-6", "predictor": "16-6"}
-    m = make("nnsiam", queue_size=32, nn_start=0.5, **heads)
-    base = make("simsiam", **heads)
-    base.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("support.")})
-    m(views_of(8), 0.0)
-    m.after_step(0.0)
-    assert int(m.support.count) == 8
-    other = views_of(8, seed=5)
-    torch.testing.assert_close(m(other, 0.49)["loss"], base(other)["loss"])  # support set filled, own targets
-    assert m(other, 0.5)["loss"].item() != pytest.approx(base(other)["loss"].item())
-    assert load_recipe("nnsiam").method.nn_start == 0  # solo-learn's: neighbours from the second step on
+    assert load_recipe(name).method.nn_start == 0  # solo-learn's: neighbours from the second step on
 
 
 @pytest.mark.parametrize("name", ["nnbyol", "nnsiam", "ressl", "mocov1"])
