@@ -300,9 +300,10 @@ def test_visreg_objective_is_the_loss_on_lejepas_slices(monkeypatch):
 
 # ---- learning -----------------------------------------------------------------------------------------------------
 
+# VISReg: the 2 global views only, the 4 local crops slow it (see the docstring)
 LEARN_B = [pytest.param("all4one_digits", ["optim.lr=1.0", "train.epochs=4"], id="all4one"),
            pytest.param("visreg_digits", ["optim.lr=2.0", "method.num_slices=256", "views.params.n_local=0",
-                                          "train.epochs=3"], id="visreg")]  # the 2 global views only: the 4 local crops slow it (see the docstring)
+                                          "train.epochs=3"], id="visreg")]
 
 
 SMOG_VIEWS = ["views.params.scale=[0.8,1.0]", "views.params.jitter=[0.4,0.4,0.2,0.1,0.0]"]
