@@ -13,11 +13,13 @@ Measured (1 thread; kNN top-1, random-init baseline -> trained, for seeds 0 / 1 
   byol_digits, 10 epochs            0.497 -> 0.585   0.506 -> 0.647   0.516 -> 0.596
   vicreg_digits, 10 epochs          0.497 -> 0.615   0.506 -> 0.637   0.516 -> 0.590
   deepcluster_v2_digits, 10 epochs  0.497 -> 0.573   0.506 -> 0.626   0.516 -> 0.610
-so gains of +0.07 to +0.14. Re-measured on the AVX-512 2-core machine of 2026-12-02 (1 thread, the same runs;
-benchmarks/short_run_seeds.py RECIPE data.batch_size=32 train.epochs=N): simclr 0.628 / 0.612 / 0.617, byol 0.560
-/ 0.654 / 0.565, vicreg 0.609 / 0.622 / 0.588, deepcluster_v2 0.596 / 0.597 / 0.583, gains +0.049 (byol, seed 2)
-to +0.148; byol with views[1:] permuted across the batch (--brk permviews) -0.068 / -0.010 / -0.135. (byol with
-tau_base 0.97 gains +0.065 / +0.096 / +0.060, but its broken run +0.028 at seed 2: not adopted.) Broken trainers, seed 0 (simclr / byol / vicreg / deepcluster_v2, baseline 0.497):
+so gains of +0.07 to +0.14 (an earlier machine). Re-measured on the AVX-512 2-core machine of 2026-12-02 (1
+thread, the same runs; benchmarks/short_run_seeds.py RECIPE data.batch_size=32 train.epochs=N, seeds 0 / 1 / 2):
+simclr 0.628 / 0.612 / 0.617, byol 0.560 / 0.654 / 0.565, vicreg 0.609 / 0.622 / 0.588, deepcluster_v2 0.596 /
+0.597 / 0.583, gains +0.049 (byol, seed 2) to +0.148; byol with views[1:] permuted across the batch (--brk
+permviews) -0.068 / -0.010 / -0.135. (byol with tau_base 0.97 gains +0.065 / +0.096 / +0.060, but its broken run
++0.028 at seed 2: not adopted.)
+Broken trainers, seed 0, earlier machine (simclr / byol / vicreg / deepcluster_v2, baseline 0.497):
   positives shuffled (views[1:] permuted across the batch)  0.492 / 0.411 / 0.501 / 0.503
   loss replaced by a constant (zero gradient)                0.473 / 0.481 / 0.451 / 0.482
   lr 0 (frozen weights; BN statistics still move)             0.460 / 0.451 / 0.451 / 0.469
