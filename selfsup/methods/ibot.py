@@ -32,9 +32,17 @@ lambda2 = 1; multi-crop with 2 global crops (224 px, scale 0.25-1) and 10 local 
 Paper vs code: the official argparse defaults are ``--teacher_temp 0.04`` (the README's ViT-S command
 sets 0.07, which is the default here) and ``--shared_head false`` (the default here is the README's
 ``true``; ``shared_head: false`` gives the code's separate patch prototypes, ``patch_out_dim``).
-Two departures from the official code, neither changing the loss: the teacher runs in eval mode (the
-official teacher is a ViT built without stochastic depth), and the student's head is applied to its
-masked patch tokens only (the others have zero weight in the loss).
+Two departures from the official code, neither changing the loss without BatchNorm in the head: the
+teacher's backbone runs in eval mode (the official teacher is a ViT built without stochastic depth), and
+the student's head is applied to its masked patch tokens only (the others have zero weight in the loss).
+With ``use_bn_in_head`` the head's batch statistics are grouped differently (not measured): here the
+CLS head normalises the pooled tokens of every student crop together (globals and locals, as DINO) and
+the teacher's pooled tokens alone, the patch path the masked student tokens / all teacher patch tokens;
+the official ``iBOTHead`` normalises each forward's CLS and patch tokens jointly, with the student's local
+crops in a forward of their own.
+
+On ``ibot_digits`` the CLS term collapses to ln K with no code bug behind it: the recipe's yaml header has
+the bisection against ``dinov2_digits`` (whose features come mostly from its KoLeo term).
 """
 
 from __future__ import annotations
