@@ -72,6 +72,8 @@ Jigsaw and relpatch, second pass (benchmarks/origins_knn.py: train and score at 
           seed 0 0.656 vs 0.583 (broken 0.605), seed 1 0.512 vs 0.567 (8 ep 0.481), 16 px 0.381 vs 0.497;
           jigsaw grid 2 seeds 0 / 3 0.620 / 0.554 vs 0.583 / 0.635. Seed to seed the random-init kNN alone
           moves 0.567-0.635 at 32 px.
+  24 px (after rotnet's 24 px test; grid 2, 24 permutations, lr 0.3, 4 ep): seed 0 0.478 vs 0.531 (broken 0.663),
+          seed 1 0.442 vs 0.487; lr 0.1 0.600; 8 ep 0.429; grid 3 (24 permutations, lr 0.1) 0.464
   broken (pretext at chance): jigsaw 24 permutations 0.667 (vs 0.594 learned), grid 2 seed 0 0.702 (vs 0.610),
           seed 1 0.692 (vs 0.622), relpatch 0.653 (vs 0.492). Fitting shuffled labels for 88 steps beats random
           init by 0.07-0.12, and learning the real task scores lower than that, so none of the kNN gains above
