@@ -10,6 +10,14 @@ Measured (1 thread, seed 0; kNN top-1, random-init baseline -> trained, the reci
   colorization     (colour digits)  0.431 -> 0.522
   context_encoder  (digits)         0.497 -> 0.551
   denoising_ae     (digits)         0.497 -> 0.557
+Re-measured at seeds 0/1/2 on the AVX-512 machine (1 thread, benchmarks/learning_seeds_more.py; gain over random init):
+colorization +0.091/+0.065/+0.058; context_encoder as above +0.056/+0.050/+0.031 (misses at seed 2), so the test
+runs it at overlap_weight 1 (the recipe's 10 weights the overlap ring ~10x the rest): +0.059/+0.053/+0.041
+(tried, min over seeds: 3 / 4 / 6 epochs +0.033/+0.029/+0.024, lr 2e-3 / 6e-3 / 1e-2 +0.031/+0.031/+0.002,
+batch 32 +0.026, 8 / 24 blocks +0.027/+0.019, block 0.1875 +0.010, crops 0.6-1 +0.035, warm-up 0 +0.031,
+overlap_weight 3 +0.022); denoising_ae at 2 epochs +0.066/+0.023/-0.016 (misses), so 6 epochs: +0.097/+0.097/+0.053
+(3 / 4 / 5 epochs: min +0.011/+0.038/+0.042). Loss negated at the test's settings, seeds 0/1/2: context_encoder
+-0.112/-0.094/-0.101, denoising_ae -0.083/-0.106/-0.117 (all fail).
 Broken, seed 0 (the loss negated): colorization 0.365, denoising_ae 0.441, context_encoder 0.398 (all fail).
 Tuning that did not reach the margin (44 steps): lr 1e-3 (colorization +0.018, context encoder +0.017,
 denoising +0.044 at noise 0.25), a dropped centre (+0.000), 4 blocks of 0.25 (+0.030). Time (``--durations``):
@@ -57,8 +65,8 @@ def short_run_knn(recipe: str, extra: list[str], out: Path, data: DataSplits, se
 
 RUNS = [
     pytest.param("colorization_digits", [], "colour", id="colorization"),
-    pytest.param("context_encoder_digits", [], "grey", id="context_encoder"),
-    pytest.param("denoising_ae_digits", [], "grey", id="denoising_ae"),
+    pytest.param("context_encoder_digits", ["method.overlap_weight=1.0"], "grey", id="context_encoder"),
+    pytest.param("denoising_ae_digits", ["train.epochs=6"], "grey", id="denoising_ae"),
 ]
 
 
