@@ -4,7 +4,7 @@ the single-process full-batch ones (ddp_utils.ddp_parity splits every input by r
 MMCR's centroid spectrum, the total coding rate, EMP-SSL, FroSSL's normalisation and covariances, SIGReg's
 characteristic function, LeJEPA, VISReg's statistics and sort, TiCo's running covariance (compared through a
 probe), IterNorm's whitening, VIbCReg, uniformity, DirectCLR's and MACL's negatives and MACL's alignment, CO2's
-in-batch negatives, KoLeo's global-batch neighbours (``distributed=True``, the any-method regulariser's), SMoG's group update over the
+in-batch negatives, KoLeo's global-batch neighbours (``distributed=True``, the any-method regulariser's), SMoG's group update (raw and official normalised) over the
 global batch, All4One's feature columns and negatives, VICRegL's global and matched-local variance and
 covariance, DetCon's negatives over the gathered batch, NPID's normaliser (an all-reduced mean), NCE and softmax,
 and its memory-bank update (gathered over ranks). Inputs with a view axis keep the batch on dim 0 and are
@@ -116,6 +116,11 @@ def smog_case(p, z, t):
     return loss + (groups * GROUPS).sum()  # the updated groups (global-batch means) through a probe
 
 
+def smog_official_case(p, z, t):  # the official code's normalised group update, groups detached in the logits
+    loss, groups = smog_loss(p, z, t, GROUPS, 0.9, 0.2, normalize=True, detach_groups=True)
+    return loss + (groups * GROUPS).sum()
+
+
 def feature_contrast_case(m1, z1, m2, z2):
     return feature_contrast(m1, z1, m2, z2)
 
@@ -178,6 +183,7 @@ def test_catalogue_losses_are_exact_under_ddp():
              ("co2", co2_case, [r(n, D), r(n, D)]),
              ("koleo_global", koleo_global_case, [r(n, D)]),
              ("smog", smog_case, [r(n, D), r(n, D), r(n, D)]),
+             ("smog_official", smog_official_case, [r(n, D), r(n, D), r(n, D)]),
              ("feature_contrast", feature_contrast_case, [r(n, D) for _ in range(4)]),
              ("all4one", all4one_case, [r(n, D) for _ in range(12)]),
              ("vicregl", vicregl_case, [r(n, D), r(n, D), r(n, 6, 3), r(n, 6, 3), r(n, 6, 2), r(n, 6, 2)]),

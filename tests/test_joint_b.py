@@ -153,6 +153,78 @@ def test_smog_symmetric_loss_is_both_directions_of_the_equation():
         torch.testing.assert_close(m(views)["feats"], m.backbone(torch.cat(views))[:n])
 
 
+def smog_official_ref(p, z, t, g, beta, tau):
+    """The official code's update and scoring by loops: u_i = z_i / |z_i|; S_k = {i: argmax_j cos(z_i, g_j) = k};
+    g'_k = w / |w| with w = beta g_k + (1 - beta) mean_{i in S_k} u_i (w = g_k if S_k is empty); CE of
+    cos(p_i, g'_k) / tau with g' detached; y_i = argmax_k cos(t_i, g_k)."""
+    n, k = p.shape[0], g.shape[0]
+    y = [max(range(k), key=lambda j: _cos(t[i], g[j])) for i in range(n)]
+    a = [max(range(k), key=lambda j: _cos(z[i], g[j])) for i in range(n)]
+    new = []
+    for j in range(k):
+        members = [z[i] / z[i].norm() for i in range(n) if a[i] == j]
+        w = beta * g[j] + (1 - beta) * torch.stack(members).mean(0) if members else g[j]
+        new.append(w / w.norm())
+    new = torch.stack(new)
+    fixed = new.detach()
+    loss = 0.0
+    for i in range(n):
+        logits = torch.stack([p[i] @ fixed[j] / (p[i].norm() * fixed[j].norm()) for j in range(k)]) / tau
+        loss = loss - (logits[y[i]] - torch.logsumexp(logits, 0))
+    return loss / n, new
+
+
+def test_smog_official_group_update_and_detached_scoring_match_the_equation():
+    """``group_update: normalized`` and ``detach_groups: true`` (the official code's main_SMoG.py and
+    MultiPrototypes.forward), in float64 against smog_official_ref (loops): the loss, g' (unit rows) and the
+    gradient to p; no gradient reaches z through the detached groups, while the default (raw, attached) does.
+    Fails with the projections' normalisation dropped (loss 5.491 against 5.231), the renormalisation dropped (24
+    of 30 entries of g' differ) or the groups left attached (a gradient reaches z)."""
+    p, z, t = _r(12, 6, seed=1), 3 * _r(12, 6, seed=2), _r(12, 6, seed=3)
+    g = F.normalize(_r(5, 6, seed=4), dim=1)
+    p1, z1 = p.clone().requires_grad_(), z.clone().requires_grad_()
+    loss, new = smog_loss(p1, z1, t, g, 0.7, 0.1, normalize=True, detach_groups=True)
+    p2, z2 = p.clone().requires_grad_(), z.clone().requires_grad_()
+    want, want_new = smog_official_ref(p2, z2, t, g, 0.7, 0.1)
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(new, want_new)
+    torch.testing.assert_close(new.norm(dim=1), torch.ones(5, dtype=torch.float64))
+    gp, gz = torch.autograd.grad(loss, [p1, z1], allow_unused=True)
+    torch.testing.assert_close(gp, torch.autograd.grad(want, p2)[0])
+    assert gz is None or gz.abs().max() == 0  # (c): no gradient through the group features
+    z3 = z.clone().requires_grad_()
+    attached, _ = smog_loss(p, z3, t, g, 0.7, 0.1, normalize=True)
+    assert torch.autograd.grad(attached, z3)[0].abs().max() > 0  # the default keeps it
+    empty = smog_group_update(z[:1], 2 * g, 0.7, normalize=True)  # one member: the others only renormalised
+    moved = ~torch.isclose(empty, g).all(1)
+    assert moved.sum() == 1
+    torch.testing.assert_close(empty[~moved], g[~moved])
+
+
+def test_smog_linear_beta_schedule_falls_from_one_to_beta():
+    """``beta_schedule: linear`` (the official code's group momentum, 1.0 to beta over training): at progress 0,
+    0.5 and 1 (the fraction of training done, the trainer's progress) the group momentum is 1, 1 - (1 - beta) / 2
+    and beta, computed here as 1 - (1 - beta) * progress; the method's update uses it (at progress 0 the
+    normalised groups do not move; at 0.5 they move as smog_group_update at that momentum); constant keeps beta.
+    Fails with the schedule reversed (beta to 1.0): 0.9 at the start."""
+    over = ["method.n_groups=4", "method.group_update=normalized", "method.symmetric=true"]
+    m = _method("smog_digits", over + ["method.beta_schedule=linear", "method.beta=0.9"]).double()
+    for progress, want in [(0.0, 1.0), (0.5, 1 - (1 - 0.9) * 0.5), (1.0, 0.9)]:
+        assert m.group_beta(progress) == pytest.approx(want, abs=1e-12)
+    assert _method("smog_digits", ["method.beta=0.9"]).group_beta(0.5) == 0.9
+    views = [v.double() for v in _views()]
+    g0 = m.groups.clone()
+    m(views, progress=0.0)
+    m.after_step(0.0)
+    torch.testing.assert_close(m.groups, g0)  # momentum 1: the unit groups stay
+    with torch.no_grad():
+        z = m.projector(m.backbone(torch.cat(views)))
+    m(views, progress=0.5)
+    m.after_step(0.5)
+    torch.testing.assert_close(m.groups, smog_group_update(z, g0, 0.95, normalize=True))
+    assert not torch.allclose(m.groups, g0)
+
+
 def test_smog_kmeans_init_is_the_seeded_kmeans_of_the_online_projections():
     """``group_init: kmeans`` (the official code's init_memory and first cluster_memory): prepare() puts the online
     projections of the images (BatchNorm with batch statistics, running statistics restored) in the bank and sets

@@ -91,6 +91,18 @@ class SMoGConfig(MethodConfig):
     symmetric: bool = Field(False, description="false: one direction per step, the views swapped every other step "
                                                "(lightly's); true: each view's prediction against the other view's "
                                                "target group every step, the two averaged (the official code's)")
+    group_update: Literal["raw", "normalized"] = Field(
+        "raw", description="raw: groups move towards the mean raw online projection of their members (lightly's); "
+                           "normalized: towards the mean L2-normalised projection, the groups renormalised after "
+                           "each update (the official code's main_SMoG.py)")
+    beta_schedule: Literal["constant", "linear"] = Field(
+        "constant", description="constant: the group momentum is beta throughout (lightly's); linear: it falls "
+                                "linearly from 1.0 at the start of training to beta at the end, "
+                                "1 - (1 - beta) * progress (the official code's main_SMoG.py)")
+    detach_groups: bool = Field(False, description="false: the loss reaches the online projections through the "
+                                                   "updated groups too (lightly's); true: predictions are scored "
+                                                   "against the updated groups detached (the official code's "
+                                                   "MultiPrototypes.forward)")
 
 
 class SMoG(Method):
@@ -134,6 +146,17 @@ class SMoG(Method):
         x = F.normalize(self.bank.get(), dim=1)
         return {"groups_used": float(smog_assign(x, self.groups).unique().numel())}
 
+    def group_beta(self, progress: float) -> float:
+        """The group momentum at ``progress`` (the fraction of training done): ``beta``, or with ``beta_schedule:
+        linear`` 1 - (1 - beta) * progress, from 1.0 at the start to ``beta`` at the end."""
+        if self.cfg.beta_schedule == "linear":
+            return 1.0 - (1.0 - self.cfg.beta) * float(progress)
+        return self.cfg.beta
+
+    def _loss(self, p, z, t, progress):
+        return smog_loss(p, z, t, self.groups, self.group_beta(progress), self.cfg.temperature,
+                         normalize=self.cfg.group_update == "normalized", detach_groups=self.cfg.detach_groups)
+
     def forward(self, views, progress=0.0, labels=None):
         if self.cfg.symmetric:  # both directions: row i of the online half is paired with the other view's target
             n = views[0].shape[0]
@@ -141,7 +164,7 @@ class SMoG(Method):
             z = self.projector(h)
             with torch.no_grad():
                 t = self.teacher(torch.cat([views[1], views[0]]))
-            loss, groups = smog_loss(self.predictor(z), z, t, self.groups, self.cfg.beta, self.cfg.temperature)
+            loss, groups = self._loss(self.predictor(z), z, t, progress)
             self._pending = (groups.detach(), z[:n].detach())
             return self.regularize({"loss": loss, "feats": h[:n].detach(), "emb": z[:n].detach()}, [z[:n], t[:n]])
         a, b = (views[1], views[0]) if int(self.step) % 2 else (views[0], views[1])  # lightly swaps every other step
@@ -150,7 +173,7 @@ class SMoG(Method):
         p = self.predictor(z)
         with torch.no_grad():
             t = self.teacher(b)
-        loss, groups = smog_loss(p, z, t, self.groups, self.cfg.beta, self.cfg.temperature)
+        loss, groups = self._loss(p, z, t, progress)
         self._pending = (groups.detach(), z.detach())
         return self.regularize({"loss": loss, "feats": h.detach(), "emb": z.detach()}, [z, t])
 
