@@ -138,7 +138,14 @@ def test_short_run_beats_random_init(tmp_path):
     measured at patch_weight 0.1, none above the margin: 1 epoch at batch 64 with 4 local crops 0.208; batch 32 with
     2 local crops at lr 1e-3 0.203, at lr 3e-3 0.204; batch 16 0.217; no local crops 0.203 (the earlier 2 epochs at
     batch 64 with 4 local crops: 0.226, 176 s under load). Time: 12.3 s (pytest --durations=0) at a load average of
-    ~4 on the shared 2-core machine (6.4 s for the run alone at patch_weight 3, load ~3)."""
+    ~4 on the shared 2-core machine (6.4 s for the run alone at patch_weight 3, load ~3).
+    NOT robust across seeds (AVX-512 machine, 1 thread, benchmarks/learning_seeds_more.py selfpatch:selfpatch_digits;
+    gain over random init at seeds 0/1/2): +0.045/+0.010/+0.040 (0.222/0.182/0.204 vs 0.177/0.172/0.164), so the
+    test passes at its CI seed 0 only. Tried, none clears 0.04 at all three (min over seeds): 2 / 3 epochs
+    +0.015/+0.026, batch 16 +0.028, 2 epochs at batch 16 +0.035 (with the last layer unfrozen +0.039), last layer
+    never frozen (freeze_last_layer_epochs 0; the recipe's 1 freezes it for the whole 1-epoch run) +0.019, 2 epochs
+    with it unfrozen +0.018, tau_base 0.9 +0.014, 2 epochs at tau_base 0.95 -0.001, lr 4e-3 +0.011, patch_weight 1
+    +0.015."""
     data = shifted_digits()
     extra = [o for o in LEARN if not o.startswith(("model.", "data.batch_size", "train.epochs", "optim.eta"))]
     r = load_recipe("selfpatch_digits", extra + SHORT + [f"train.out_dir={tmp_path}"])
