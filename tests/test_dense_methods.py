@@ -315,7 +315,10 @@ def test_short_run_beats_random_init(recipe, extra, tmp_path):
     Broken (the loss negated): densecl 0.411, detcon 0.449, vicregl diverges (non-finite loss at step 13): all fail.
     DetCon-B with the loss negated still learns (0.576: anti-aligning each region with its own target needs the same
     region-discriminative features), so its break is wrong positives (the target projections rolled by one image):
-    0.481, fails."""
+    0.481, fails.
+    Seeds 0/1/2 on the AVX-512 machine (1 thread, benchmarks/short_run_seeds.py RECIPE EXTRA; gain over random init):
+    densecl +0.059/+0.061/+0.081, vicregl +0.073/+0.060/+0.042, detcon +0.088/+0.088/+0.055, detcon_b
+    +0.085/+0.101/+0.066: all clear MARGIN (vicregl by 0.002 at seed 2)."""
     from test_catalogue_learning import MARGIN, short_run_knn
 
     baseline, trained = short_run_knn(recipe, extra, tmp_path)
