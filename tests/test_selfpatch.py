@@ -145,7 +145,7 @@ def test_short_run_beats_random_init(tmp_path):
     +0.015/+0.026, batch 16 +0.028, 2 epochs at batch 16 +0.035 (with the last layer unfrozen +0.039), last layer
     never frozen (freeze_last_layer_epochs 0; the recipe's 1 freezes it for the whole 1-epoch run) +0.019, 2 epochs
     with it unfrozen +0.018, tau_base 0.9 +0.014, 2 epochs at tau_base 0.95 -0.001, lr 4e-3 +0.011, patch_weight 1
-    +0.015."""
+    +0.015, warm-up 1 epoch +0.001, tau_base 0.996 +0.019, 4 local crops +0.013, lr 1e-3 at batch 16 +0.020."""
     data = shifted_digits()
     extra = [o for o in LEARN if not o.startswith(("model.", "data.batch_size", "train.epochs", "optim.eta"))]
     r = load_recipe("selfpatch_digits", extra + SHORT + [f"train.out_dir={tmp_path}"])
