@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -30,17 +29,18 @@ import selfsup.methods.fastsiam as fastsiam_module
 import selfsup.methods.nnbyol as nnbyol_module
 import selfsup.methods.nnsiam as nnsiam_module
 import selfsup.methods.smog as smog_module
+from short_run_seeds import seed_gains  # benchmarks/, the script's own folder
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe")
     ap.add_argument("--brk", default="none", choices=["none", "roll1", "perview", "permviews", "perm", "neg", "zero"])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
     ap.add_argument("overrides", nargs="*", help="dotted recipe overrides")
     args = ap.parse_intermixed_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from test_catalogue_learning import short_run_knn  # the tests' measure, unchanged
+    from test_catalogue_learning import MARGIN, short_run_knn  # the tests' measure, unchanged
 
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(123)
@@ -94,11 +94,12 @@ def main() -> int:
     nnbyol_module.nn_byol_loss = nn_broken(nn_byol_loss)
     nnsiam_module.nn_simsiam_loss = nn_broken(nn_simsiam_loss)
     smog_module.smog_loss = smog_broken
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        base, trained = short_run_knn(args.recipe, args.overrides, Path(out), args.seed)
-    print(f"{args.recipe} break {brk} seed {args.seed} {' '.join(args.overrides)}: kNN top-1 {trained:.3f} vs "
-          f"{base:.3f} at random init ({trained - base:+.3f}), {time.perf_counter() - t0:.0f} s on 1 thread")
+
+    def run_one(seed: int) -> tuple[float, float, str]:
+        with tempfile.TemporaryDirectory() as out:
+            return (*short_run_knn(args.recipe, args.overrides, Path(out), seed), "")
+
+    seed_gains(f"{args.recipe} break {brk} {' '.join(args.overrides)}", args.seeds, run_one, MARGIN)
     return 0
 
 

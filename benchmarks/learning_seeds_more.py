@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from short_run_seeds import seed_gains, wrap_build  # benchmarks/, the script's own folder
 
 
 def main() -> int:
@@ -33,35 +34,19 @@ def main() -> int:
     family, recipe = args.case.split(":")
     import selfsup.train.loop as loop
 
-    build = loop.build_method
-
-    def build_broken(*a, **k):
-        method = build(*a, **k)
-        forward = method.forward
-
-        def broken(*fa, **fk):
-            out = forward(*fa, **fk)
-            return {**out, "loss": -out["loss"]} if args.brk == "neg" else out
-
-        method.forward = broken
-        return method
-
+    build_broken = wrap_build(loop.build_method, args.brk, torch.Generator())
     manual_seed = torch.manual_seed
-    gains = []
-    for seed in [int(x) for x in args.seeds.split(",")]:
-        t0 = time.perf_counter()
+
+    def run_one(seed: int) -> tuple[float, float, str]:
         extra = [*args.overrides, f"train.seed={seed}"]
         torch.manual_seed = lambda s, _seed=seed: manual_seed(_seed if s == 0 else s)  # the tests' seed 0
         try:
             with tempfile.TemporaryDirectory() as d:
-                base, trained, note = run(family, recipe, extra, Path(d), build_broken)
+                return run(family, recipe, extra, Path(d), build_broken)
         finally:
             torch.manual_seed = manual_seed
-        gains.append(trained - base)
-        print(f"{args.case} break {args.brk} seed {seed} {' '.join(args.overrides)}: kNN top-1 {trained:.3f} vs "
-              f"{base:.3f} at random init ({trained - base:+.3f}){note}, {time.perf_counter() - t0:.1f} s",
-              flush=True)
-    print(f"gains {' / '.join(f'{g:+.3f}' for g in gains)}, min {min(gains):+.3f} (margin 0.04)")
+
+    seed_gains(f"{args.case} break {args.brk} {' '.join(args.overrides)}", args.seeds, run_one, 0.04)
     return 0
 
 

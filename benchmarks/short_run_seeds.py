@@ -20,8 +20,41 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+
+
+def wrap_build(build: Callable, brk: str, gen: torch.Generator) -> Callable:
+    """``build`` (a ``build_method``) whose methods' forward applies the break ``brk`` (none, neg, permviews)."""
+
+    def build_broken(*a, **k):
+        method = build(*a, **k)
+        forward = method.forward
+
+        def broken(views, *fa, **fk):
+            if brk == "permviews":
+                views = [v if u == 0 else v[torch.randperm(v.shape[0], generator=gen)] for u, v in enumerate(views)]
+            out = forward(views, *fa, **fk)
+            return {**out, "loss": -out["loss"]} if brk == "neg" else out
+
+        method.forward = broken  # nn.Module.__call__ looks the instance attribute up first
+        return method
+
+    return build_broken
+
+
+def seed_gains(label: str, seeds: str, run_one: Callable[[int], tuple[float, float, str]], margin: float) -> None:
+    """Run ``run_one(seed) -> (random-init kNN, trained kNN, note)`` for each of the comma-separated ``seeds`` and
+    print one line per seed and the gains' summary against ``margin``."""
+    gains = []
+    for seed in [int(x) for x in seeds.split(",")]:
+        t0 = time.perf_counter()
+        base, trained, note = run_one(seed)
+        gains.append(trained - base)
+        print(f"{label} seed {seed}: kNN top-1 {trained:.3f} vs {base:.3f} at random init ({trained - base:+.3f})"
+              f"{note}, {time.perf_counter() - t0:.1f} s on 1 thread", flush=True)
+    print(f"gains {' / '.join(f'{g:+.3f}' for g in gains)}, min {min(gains):+.3f} (margin {margin})")
 
 
 def main() -> int:
@@ -35,35 +68,13 @@ def main() -> int:
     import test_catalogue_learning as tcl  # the tests' measure, unchanged
 
     torch.set_num_threads(1)
-    gen = torch.Generator().manual_seed(123)
-    build = tcl.build_method
+    tcl.build_method = wrap_build(tcl.build_method, args.brk, torch.Generator().manual_seed(123))
 
-    def build_broken(*a, **k):
-        method = build(*a, **k)
-        forward = method.forward
-
-        def broken(views, *fa, **fk):
-            if args.brk == "permviews":
-                views = [v if u == 0 else v[torch.randperm(v.shape[0], generator=gen)] for u, v in enumerate(views)]
-            out = forward(views, *fa, **fk)
-            if args.brk == "neg":
-                out = {**out, "loss": -out["loss"]}
-            return out
-
-        method.forward = broken  # nn.Module.__call__ looks the instance attribute up first
-        return method
-
-    tcl.build_method = build_broken
-    gains = []
-    for seed in [int(x) for x in args.seeds.split(",")]:
-        t0 = time.perf_counter()
+    def run_one(seed: int) -> tuple[float, float, str]:
         with tempfile.TemporaryDirectory() as out:
-            base, trained = tcl.short_run_knn(args.recipe, args.overrides, Path(out), seed)
-        gains.append(trained - base)
-        print(f"{args.recipe} break {args.brk} seed {seed} {' '.join(args.overrides)}: kNN top-1 {trained:.3f} vs "
-              f"{base:.3f} at random init ({trained - base:+.3f}), {time.perf_counter() - t0:.1f} s on 1 thread",
-              flush=True)
-    print(f"gains {' / '.join(f'{g:+.3f}' for g in gains)}, min {min(gains):+.3f} (margin {tcl.MARGIN})")
+            return (*tcl.short_run_knn(args.recipe, args.overrides, Path(out), seed), "")
+
+    seed_gains(f"{args.recipe} break {args.brk} {' '.join(args.overrides)}", args.seeds, run_one, tcl.MARGIN)
     return 0
 
 
