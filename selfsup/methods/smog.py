@@ -64,7 +64,8 @@ linear probe 0.964, against 0.900 / 0.950 at random init; with the milder views 
 min each): seed 0 kNN 0.936 / linear 0.969, seed 1 0.897 / 0.950, against the two options alone 0.900 / 0.964
 and 0.886 / 0.939 and random init 0.900 / 0.950 and 0.858 / 0.947 (random init: ``torch.manual_seed(seed)``,
 ``build_method``, the recipe's probes, as benchmarks/mim_table.py). In the short run they give +0.033 / +0.089 /
-+0.031 (seeds 3 / 4: +0.026 / +0.078), the break +0.019 / +0.010 / -0.014 (-0.038 / +0.026).
++0.031 (seeds 3 / 4: +0.026 / +0.078), the break +0.019 / +0.010 / -0.014 (-0.038 / +0.026). One left out at
+a time (seed 0): ``detach_groups=false`` 0.917 / 0.936, ``group_update=raw`` 0.936 / 0.953.
 """
 
 from __future__ import annotations
