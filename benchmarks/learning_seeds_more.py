@@ -1,5 +1,6 @@
 """The other learning tests' short runs at several seeds (1 thread), each with the test's own measure and settings
-(tests/test_origins_pixels_learning.py, tests/test_origins_instance.py, tests/test_mim_learning.py's MSN case,
+(tests/test_origins_pixels_learning.py, tests/test_origins_instance.py, tests/test_mim_learning.py's iBOT, DINOv2
+and MSN cases as ``mim:RECIPE`` with the case's overrides,
 tests/test_selfpatch.py); the test's seed 0 is replaced by ``--seeds`` (``train.seed`` and the ``torch.manual_seed``
 before the build). For tests that use ``short_run_knn`` of tests/test_catalogue_learning.py (the dense ones), use
 benchmarks/short_run_seeds.py.
@@ -24,7 +25,8 @@ from short_run_seeds import seed_gains, wrap_build  # benchmarks/, the script's 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("case", help="pixels:RECIPE | instance:RECIPE | msn:msn_digits | selfpatch:selfpatch_digits")
+    ap.add_argument("case", help="pixels:RECIPE | instance:RECIPE | mim:RECIPE (ibot/dinov2/msn_digits) | "
+                                       "selfpatch:selfpatch_digits")
     ap.add_argument("--brk", default="none", choices=["none", "neg"])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("overrides", nargs="*", help="the test case's extra overrides")
@@ -62,7 +64,7 @@ def run(family, recipe, extra, out, build):
         data = t.shifted_colour_digits() if recipe.startswith("colorization") else shifted_digits()
         seed = int(extra[-1].split("=")[1])
         return (*t.short_run_knn(recipe, extra[:-1], out, data, seed), "")
-    if family == "msn":
+    if family == "mim":
         import test_mim_learning as t
 
         t.build_method = build
