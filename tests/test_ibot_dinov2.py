@@ -99,6 +99,29 @@ def test_ibot_loss_matches_dino_loss_and_ibot_patch_loss():
     assert torch.allclose(m.patch_center, 0.9 * c_patch + 0.1 * ref["t_patch"].flatten(0, 1).mean(0), atol=1e-5)
 
 
+def test_ibot_koleo_option_adds_dinov2_term_and_is_off_by_default():
+    """``koleo_loss_weight`` (beyond the paper, DINOv2's term): weight 0 gives iBOT's loss exactly and no
+    ``loss_koleo``; weight w adds w x KoLeo of the student's backbone CLS of each global crop, summed."""
+    temps = ["method.warmup_teacher_temp_epochs=0"]
+    views, masks = _views(), _masks()
+    off = _method("ibot_digits", temps)
+    assert off.cfg.koleo_loss_weight == 0.0
+    out_off = off(views, 0.0, masks=masks)
+    assert "loss_koleo" not in out_off
+    on = _method("ibot_digits", temps + ["method.koleo_loss_weight=0.3"])
+    ref = _manual(on, views, masks)
+    out_on = on(views, 0.0, masks=masks)
+    feats = ref["s_cls_feat"][: 2 * B]
+    want_koleo = koleo_loss(feats[:B]) + koleo_loss(feats[B:])
+    assert out_on["loss_koleo"].item() == pytest.approx(want_koleo.item(), rel=1e-5)
+    assert out_on["loss_cls"].item() == pytest.approx(out_off["loss_cls"].item(), rel=1e-6)
+    assert out_on["loss_mim"].item() == pytest.approx(out_off["loss_mim"].item(), rel=1e-6)
+    want = out_off["loss"] + 0.3 * want_koleo
+    assert out_on["loss"].item() == pytest.approx(want.item(), rel=1e-5)
+    out_on["loss"].backward()  # the term reaches the backbone
+    assert on.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
 def test_ibot_separate_patch_prototypes():
     m = _method("ibot_digits", ["method.shared_head=false", "method.patch_out_dim=10"])
     assert m.patch_center.shape == (10,) and m.head.patch_last_layer is not None

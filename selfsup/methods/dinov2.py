@@ -48,10 +48,10 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from selfsup.losses import DINOLoss, dino_loss, ibot_teacher_probs, koleo_loss, patch_center_update, sinkhorn_teacher
+from selfsup.losses import DINOLoss, dino_loss, ibot_teacher_probs, patch_center_update, sinkhorn_teacher
 from selfsup.methods.base import MethodConfig
 from selfsup.methods.dino import teacher_temperature
-from selfsup.methods.ibot import IBOT, PatchHeads, masked_vit, patch_loss
+from selfsup.methods.ibot import IBOT, PatchHeads, global_crops_koleo, masked_vit, patch_loss
 from selfsup.nets import EMA, DINOHead
 from selfsup.views.masks import dinov2_mask
 
@@ -131,7 +131,7 @@ class DINOv2(IBOT):
         else:
             loss_dino = self.criterion(student, e["t_cls"].chunk(g), temp)
         loss_ibot = patch_loss(self.head.patch(e["patches"]), probs, mask, cfg.student_temp)
-        koleo = sum(koleo_loss(c) for c in e["h"][: mask.shape[0]].chunk(g))
+        koleo = global_crops_koleo(e["h"], mask.shape[0], g)
         loss = cfg.dino_loss_weight * loss_dino + cfg.ibot_loss_weight * loss_ibot + cfg.koleo_loss_weight * koleo
         return {"loss": loss, "loss_dino": loss_dino.detach(), "loss_ibot": loss_ibot.detach(),
                 "loss_koleo": koleo.detach(), "teacher_temp": torch.tensor(temp)}

@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from selfsup.losses import DINOLoss, ibot_patch_loss, ibot_teacher_probs, patch_center_update
+from selfsup.losses import DINOLoss, ibot_patch_loss, ibot_teacher_probs, koleo_loss, patch_center_update
 from selfsup.methods.base import Method, MethodConfig, encode_views, fresh_generator, n_global_views, require_vit
 from selfsup.methods.dino import teacher_temperature
 from selfsup.nets import EMA, DINOHead, cosine_momentum
@@ -87,6 +87,8 @@ class IBOTConfig(MethodConfig):
     pred_ratio_var: tuple[float, ...] = Field((0.0, 0.2), min_length=1, description="+- half-widths of pred_ratio")
     pred_aspect_ratio: tuple[float, float] = Field((0.3, 1 / 0.3), description="aspect-ratio range of the blockwise masks")
     min_block_patches: int | None = Field(None, gt=0, description="smallest block; null: (min(h, w) // 3) ** 2")
+    koleo_loss_weight: float = Field(0.0, ge=0, description="DINOv2's KoLeo on the student backbone CLS of each global "
+                                                            "crop, summed over crops (not in iBOT; 0: off, the paper)")
 
 
 def masked_vit(backbone: nn.Module, method: str) -> MaskedViT:
@@ -148,6 +150,13 @@ def patch_loss(student_flat: torch.Tensor, teacher_probs: torch.Tensor, mask: to
         return student_flat.sum() * 0.0  # keeps every head parameter in the graph (DDP)
     t = pack_masked(teacher_probs, mask)[0]
     return ibot_patch_loss(s, t, valid, student_temp) * (n / mask.shape[0])
+
+
+def global_crops_koleo(h: torch.Tensor, n_rows: int, n_global: int) -> torch.Tensor:
+    """DINOv2's KoLeo term: :func:`koleo_loss` on the first ``n_rows`` rows of ``h`` (the student backbone CLS
+    of the global crops, crop-major), once per crop and summed over the ``n_global`` crops (``ssl_meta_arch.py``'s
+    ``sum(... for p in student_cls_tokens.chunk(2))``), per process."""
+    return sum(koleo_loss(c) for c in h[:n_rows].chunk(n_global))
 
 
 class IBOT(Method):
@@ -251,8 +260,13 @@ class IBOT(Method):
                 self.patch_center.copy_(patch_center_update(self.patch_center, t_logits, None, cfg.patch_center_momentum))
         loss_mim = patch_loss(self.head.patch(e["patches"]), probs, mask, cfg.student_temp)
         loss = cfg.lambda1 * loss_cls + cfg.lambda2 * loss_mim
-        return {"loss": loss, "loss_cls": loss_cls.detach(), "loss_mim": loss_mim.detach(),
-                "teacher_temp": torch.tensor(t_cls), "teacher_patch_temp": torch.tensor(t_patch)}
+        out = {"loss_cls": loss_cls.detach(), "loss_mim": loss_mim.detach(),
+               "teacher_temp": torch.tensor(t_cls), "teacher_patch_temp": torch.tensor(t_patch)}
+        if cfg.koleo_loss_weight > 0:  # beyond the paper (DINOv2's term); 0 computes nothing: iBOT's loss exactly
+            koleo = global_crops_koleo(e["h"], mask.shape[0], cfg.n_global)
+            loss = loss + cfg.koleo_loss_weight * koleo
+            out["loss_koleo"] = koleo.detach()
+        return {"loss": loss, **out}
 
     def on_backward(self, progress: float) -> None:
         """Every prototype layer (``*last_layer*``) stays fixed during the first ``freeze_last_layer_epochs``."""
