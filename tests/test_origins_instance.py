@@ -26,7 +26,7 @@ alone does not show. Measured (1 thread; kNN top-1 random init -> trained, own-r
   0.016), f own-row 0.188 / 0.152 / 0.234 (seeds 0 / 1 / 2). Broken, seed 0 (the test with pirl.py edited): g
   trained on the batch's previous image's jigsaw (``xt.roll(1, 0)``): kNN and f own-row pass, g mean cosine 0.862,
   top-10 0.047, fails; g's loss term zeroed (lam 0 in the softmax call): g as initialised, mean cosine 0.359, top-10
-  0.039, fails. Other settings, g mean cosine / top-1 / top-10 (seed 0 unless said), all with the softmax: crops
+  0.039, fails. Other settings, g mean cosine / top-1 (seed 0 unless said), all with the softmax: crops
   0.6-1 0.77 / 0.020 (kNN 0.563; seed 1 0.74 / 0.012, kNN 0.559); with tau 0.2 0.36 / 0.012 (kNN 0.571), tau 0.1
   0.61 / 0.008 (kNN 0.592), lam 0.75 0.85 / 0.016, crop_frac 0.9 0.71 / 0.027 (seeds 1, 2: top-10 0.203 / 0.145,
   kNN 0.572 / 0.547: misses at seed 2); crops 0.6-1, crop_frac 0.9, tau 0.1: kNN 0.595 / 0.599 / 0.554 (seed 2
@@ -60,9 +60,10 @@ Re-measured at seeds 0/1/2 on the AVX-512 machine (1 thread, benchmarks/learning
 gain over random init, own-row): npid +0.098/+0.094/+0.092 (0.125/0.207/0.195), pirl (without PIRL_G)
 +0.070/+0.092/+0.050 (0.078/0.070/0.105). Exemplar at batch 64, lr 0.3 +0.056/+0.087/+0.028 (misses at seed 2), so
 the test runs it at batch 32 (96 steps), lr 0.15: +0.067/+0.074/+0.041, loss negated +0.008/-0.037/-0.066
-(fails); fragile: seeds 3/4 +0.001/+0.081 (batch 64: +0.004/+0.066). Tried (seeds 0/1/2): 16 / 20 / 24 epochs min +0.011/+0.032/+0.035, lr 0.1 /
-0.2 / 0.5 min -0.039/+0.005/+0.024, lr 0.5 + 16 / 20 epochs +0.036/+0.037 (20: +0.037/+0.078/+0.052, seeds 3/4
-+0.071/+0.056), crops 0.6-1 +0.030, warm-up 0 +0.028, weight decay 0 +0.033, batch 32 at lr 0.3 +0.033.
+(fails); fragile: seeds 3/4 +0.001/+0.081 (batch 64: +0.004/+0.066). Tried (seeds 0/1/2): 16 / 20 / 24 epochs min
++0.011/+0.032/+0.035, lr 0.1 / 0.2 / 0.5 min -0.039/+0.005/+0.024, lr 0.5 + 16 / 20 epochs +0.036/+0.037 (20:
++0.037/+0.078/+0.052, seeds 3/4 +0.071/+0.056), crops 0.6-1 +0.030, warm-up 0 +0.028, weight decay 0 +0.033, batch
+32 at lr 0.3 +0.033.
 Time (``--durations``): npid 12.7 s, pirl 16.0 s, exemplar 10.8 s under a load average of ~8 on the 2-core dev machine.
 (pirl with PIRL_G: 5.4 s at a load average of ~2.)
 """
