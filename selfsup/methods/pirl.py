@@ -32,6 +32,15 @@ by crops, flips, colour jitter and greyscale. From VISSL's PIRL config (``pirl_j
 cosine to 0.001 x without warm-up, and the image's crop 0.08-1, ColorJitter(0.4, 0.4, 0.4, 0.2) on every image,
 greyscale 0.2 and flips. VISSL's NCE estimates one Z, from the tile term's first batch, for both terms; selfsup's
 ``estimate`` gives each term its own.
+
+Checked against VISSL (``vissl/losses/nce_loss.py``, ``models/heads/siamese_concat_view.py``, the config above):
+g is built the same way (a bias-carrying linear 2048 -> 128 per tile, no BatchNorm or ReLU, concatenated, linear
+1152 -> 128), both embeddings are L2-normalised only where they are scored, and the bank moves towards the
+normalised f alone. Where VISSL differs: each term draws its own negatives (here Eq. 5's one set for both), the
+jigsaw is cut from its own RandomResizedCrop at scale 0.6-1 (``ImgPilToPatchesAndImage``; here ``views[1]``, a
+second view of the recipe's), and ``loss_type: cross_entropy`` offers InfoNCE over the 1 + K rows. On digits
+g collapses under the NCE (tests/test_origins_instance.py lists every setting tried); the learning test's short
+run keeps g apart with ``objective: softmax``, crops 0.5-1, ``crop_frac`` 0.9 and tau 0.1 and asserts it.
 """
 
 from __future__ import annotations
