@@ -43,6 +43,8 @@ crops in a forward of their own.
 
 On ``ibot_digits`` the CLS term collapses to ln K with no code bug behind it: the recipe's yaml header has
 the bisection against ``dinov2_digits`` (whose features come mostly from its KoLeo term).
+``koleo_loss_weight`` (beyond the paper; default 0, which computes nothing) adds DINOv2's KoLeo term on the
+student's backbone CLS of each global crop (:func:`global_crops_koleo`).
 """
 
 from __future__ import annotations
