@@ -8,8 +8,16 @@ the pretext task". ``--break-labels`` shuffles the pretext labels against the sh
 (the tiles of image i are shuffled by image j's permutation; the pair of image i is cut at image j's neighbour), so
 the loss can no longer be solved from the images: the control of a learning claim.
 
+``--tile-probe`` also scores the backbone as the method reads images in training (:class:`TileProbe`): the
+unshuffled image's tiles (jigsaw: the centred grid, the crop centred in each cell, resized and normalised as in
+training; relpatch: the centred 3 x 3 patch arrangement, no jitter) through the backbone, the per-tile pooled
+features concatenated in grid order ("cat") and averaged ("mean"), for random init and the trained network alike.
+``--last-lr-scale`` trains the last SmallCNN stage at that multiple of the lr (origins_controls.py's option).
+
     PYTHONPATH=tests .venv/bin/python benchmarks/origins_knn.py jigsaw_digits --size 32 --epochs 4 \\
         method.grid=2 method.n_permutations=24 method.tile_size=null optim.lr=0.3
+    PYTHONPATH=tests .venv/bin/python benchmarks/origins_knn.py jigsaw_digits --size 24 --epochs 4 --tile-probe \\
+        --break-labels method.grid=2 method.n_permutations=24 method.tile_size=null optim.lr=0.1
 """
 
 from __future__ import annotations
@@ -28,6 +36,34 @@ import torch.nn as nn
 def stage_pool(backbone: nn.Module, stages: int) -> nn.Module:
     """The first ``stages`` conv-BN-ReLU stages of a SmallCNN, globally average-pooled."""
     return nn.Sequential(backbone.features[:3 * stages], nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+
+
+class TileProbe(nn.Module):
+    """``backbone`` read on the unshuffled tiles (jigsaw) or 3 x 3 patch grid (relpatch) of ``cfg``, centred and
+    unjittered; per-tile features concatenated in grid order (``reduce="cat"``) or averaged (``"mean"``)."""
+
+    def __init__(self, backbone: nn.Module, cfg, reduce: str = "cat") -> None:
+        super().__init__()
+        self.backbone, self.cfg, self.reduce = backbone, cfg, reduce
+
+    def tiles(self, x: torch.Tensor) -> torch.Tensor:
+        from selfsup.views.pretext_spatial import jigsaw_tiles, patch_pair_span
+
+        c, b = self.cfg, x.shape[0]
+        if c.name == "jigsaw":
+            t = c.grid ** 2
+            return jigsaw_tiles(x, torch.arange(t).expand(b, t), torch.full((b, t, 2), 0.5), c.grid, c.crop_frac,
+                                c.tile_size, c.tile_normalize)
+        if c.name == "relpatch":
+            corner = (x.shape[-1] - patch_pair_span(c.patch, c.gap, c.jitter)) // 2 + c.jitter
+            at = [corner + i * (c.patch + c.gap) for i in range(3)]
+            return torch.stack([x[:, :, r:r + c.patch, q:q + c.patch] for r in at for q in at], 1)
+        raise SystemExit(f"--tile-probe supports jigsaw and relpatch, not {c.name}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tiles = self.tiles(x)
+        f = self.backbone(tiles.flatten(0, 1)).view(*tiles.shape[:2], -1)
+        return f.flatten(1) if self.reduce == "cat" else f.mean(1)
 
 
 def break_labels(method: nn.Module, seed: int) -> None:
@@ -52,6 +88,10 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--break-labels", action="store_true")
+    ap.add_argument("--break-seed", type=int, help="seed of --break-labels' shuffle (default: --seed; the figures "
+                    "of the tile probe in tests/test_origins_spatial_learning.py use 1000 + seed)")
+    ap.add_argument("--tile-probe", action="store_true", help="also score TileProbe (cat and mean)")
+    ap.add_argument("--last-lr-scale", type=float, default=1.0, help="lr multiplier of the last SmallCNN stage")
     ap.add_argument("overrides", nargs="*", help="dotted recipe overrides (after the tests' LEARN settings)")
     args = ap.parse_intermixed_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -71,16 +111,28 @@ def main() -> int:
         base = knn_top1(method.backbone, data)
         base_bn = knn_top1(bn_recalibrated(method.backbone, data.train.images), data)
         base_s3 = knn_top1(stage_pool(method.backbone, 3), data)
+        tile_knn = lambda bb: {k: knn_top1(TileProbe(bb, r.method, k), data) for k in ("cat", "mean")}
+        if args.tile_probe:
+            plain, bn = tile_knn(method.backbone), tile_knn(bn_recalibrated(method.backbone, data.train.images))
+            base_tiles = {k: max(plain[k], bn[k]) for k in plain}
+        if args.last_lr_scale != 1.0:
+            from origins_controls import scale_last_stage_lr
+            scale_last_stage_lr(method, args.last_lr_scale)
         if args.break_labels:
-            break_labels(method, args.seed)
+            break_labels(method, args.seed if args.break_seed is None else args.break_seed)
         run = train(r, run_dir=Path(out) / "run", data=data, method=method, log=lambda *a: None)
         acc = [round(json.loads(line).get("pretext_acc", float("nan")), 3) for line in open(run / "metrics.jsonl")]
     trained, trained_s3 = knn_top1(method.backbone, data), knn_top1(stage_pool(method.backbone, 3), data)
     ref = max(base, base_bn)
     print(f"{args.recipe} {args.size} px shift {args.shift}, {args.epochs} epochs, seed {args.seed}"
-          f"{', labels broken' if args.break_labels else ''} {' '.join(args.overrides)}")
+          f"{', labels broken' if args.break_labels else ''}"
+          f"{f', last stage lr x{args.last_lr_scale}' if args.last_lr_scale != 1.0 else ''} {' '.join(args.overrides)}")
     print(f"  kNN top-1: random init {base:.3f} (BN re-estimated {base_bn:.3f}) -> trained {trained:.3f} "
           f"({trained - ref:+.3f}); stage 3: {base_s3:.3f} -> {trained_s3:.3f}")
+    if args.tile_probe:
+        tiles = tile_knn(method.backbone)
+        print("  tile probe (the better of as built / BN re-estimated at random init): " + "; ".join(
+            f"{k} {base_tiles[k]:.3f} -> {tiles[k]:.3f} ({tiles[k] - base_tiles[k]:+.3f})" for k in tiles))
     print(f"  pretext accuracy per epoch {acc}; {time.perf_counter() - t0:.0f} s on 1 thread")
     print(f"command: PYTHONPATH=tests {' '.join([sys.executable.split('/')[-1], *sys.argv])}")
     return 0

@@ -84,6 +84,39 @@ Jigsaw and relpatch, second pass (benchmarks/origins_knn.py: train and score at 
   pirl    2 ep whole split: 0.215 (NCE, lr 0.1), 0.327 (NCE, 0.03), 0.164 (Z = 1), 0.467-0.469 (softmax);
           256 images x 12 ep (test_origins_instance.py's NPID setup, npid reaches 0.566 there): softmax 0.502,
           grid 2 0.506, crop views 0.517-0.519, lambda 0 (f term only) 0.531; NCE collapses (0.131, rankme 1.7)
+Jigsaw and relpatch, third pass: the method's own probe (benchmarks/origins_knn.py ``--tile-probe``; the shuffle
+seeded 1000 + seed, ``--break-seed 1000`` at seed 0). The networks see 7-14 px tiles in training and a whole image
+in ``selfsup eval``, so the probe reads the image as training does: the unshuffled tiles (jigsaw: the centred grid,
+each crop centred in its cell, normalised; relpatch: the centred 3 x 3 patch arrangement, no jitter) through the
+backbone, per-tile features concatenated in grid order ("cat") or averaged ("mean"); random init (the better of as
+built / BN re-estimated) and the broken run scored with the same probe. Seeds 0 / 1 / 2, random -> trained, broken:
+  jigsaw 24 px, grid 2, 24 permutations, tile_size null, lr 0.1, 4 ep (pretext 0.25-0.32): cat 0.707 / 0.746 /
+          0.713 -> 0.772 / 0.749 / 0.736, broken 0.697 / 0.724 / 0.758; mean 0.551 / 0.599 / 0.589 -> 0.619 / 0.599
+          / 0.599, broken 0.582 / 0.590 / 0.595; pool 0.531 / 0.487 / 0.608 -> 0.600 / 0.543 / 0.622, broken 0.549 /
+          0.603 / 0.590. The broken run's shuffle seed alone moves it: seed 0 with the shuffle seeded 0, cat 0.724.
+          8 ep (pretext 0.48-0.58): cat 0.728 / 0.735 / 0.720, broken 0.694 / 0.742 / 0.749; mean 0.638 / 0.603 /
+          0.606, broken 0.573 / 0.610 / 0.597; pool 0.482 / 0.463 / 0.515. Grid 3 (24 permutations, pretext 0.93-0.95):
+          cat 0.767 / 0.736 / 0.743 -> 0.728 / 0.753 / 0.737, broken 0.798 / 0.777 / 0.755.
+  jigsaw 24 px as above, last stage at 0.1x the lr (``--last-lr-scale 0.1``): mean -> 0.637 / 0.650 / 0.656,
+          broken 0.602 / 0.606 / 0.633 (over random +0.086 / +0.051 / +0.067, over broken only +0.035 / +0.044 /
+          +0.023); cat 0.746 / 0.756 / 0.757, broken 0.726 / 0.744 / 0.751; pool 0.616 / 0.532 / 0.626, broken 0.560 /
+          0.627 / 0.614. Beats both controls at 3 seeds with the mean probe, but by less than the broken run's
+          shuffle-seed spread (0.027 above): no test.
+  jigsaw 32 px, grid 2, lr 0.3, 4 ep: cat 0.810 / 0.850 / 0.834 -> 0.876 / 0.844 / 0.814, broken 0.831 / 0.827 /
+          0.833; cat of the third stage's tiles 0.853 / 0.870 / 0.862 -> 0.899 / 0.868 / 0.833, broken 0.872 / 0.868
+          / 0.849; pool 0.594 / 0.558 / 0.642, broken 0.644 / 0.650 / 0.708. Last stage 0.1x: pool 0.710 / 0.556 /
+          0.683, broken 0.640 / 0.698 / 0.701; cat 0.883 / 0.854 / 0.856, broken 0.801 / 0.851 / 0.829; mean 0.708 /
+          0.728 / 0.697 -> 0.756 / 0.756 / 0.753, broken 0.695 / 0.762 / 0.734.
+  relpatch 32 px (recipe geometry), lr 0.05, 4 ep (pretext 0.36-0.37): cat 0.892 / 0.869 -> 0.838 / 0.867, broken
+          0.854 / 0.864 (seeds 0 / 1); mean 0.497 / 0.495 -> 0.509 / 0.555, broken 0.481 / 0.490. 24 px (patch 6, gap 2,
+          jitter 1), seed 0: cat 0.751 -> 0.736, broken 0.746; pool 0.517, broken 0.567.
+  relpatch 32 px, last stage 0.1x (``--last-lr-scale 0.1``): mean 0.497 / 0.495 / 0.478 -> 0.572 / 0.571 / 0.552,
+          broken 0.494 / 0.496 / 0.508 (over random +0.075 / +0.076 / +0.074, over broken +0.078 / +0.075 / +0.044):
+          the one setting that clears both controls at seeds 0-2, but with a probe (mean of 9 patch features) that
+          scores below the plain pooled kNN of the same random-init backbone (0.583 / 0.567 / 0.596), while the
+          concatenated probe does not move (0.891 / 0.901 / 0.879, broken 0.869 / 0.872 / 0.855, random 0.892 /
+          0.869 / 0.869) and pool 0.533 / 0.557 / 0.606 (broken 0.648 / 0.644 / 0.603): not a representation worth
+          shipping; the lead for whoever picks this up (the probe is not yet a ``selfsup eval`` option).
 The pretext accuracies below (chance 0.25 / 0.083 / 0.125): rotnet (with flips) 0.43 -> 0.53, jigsaw 0.12 -> 0.32,
 relpatch 0.15 -> 0.23 over the 4 epochs; at lr 1e-9 they stay at chance (rotnet 0.19-0.23, jigsaw 0.07-0.09).
 PIRL on 192 digits (4-12 epochs, softmax or NCE): its own-row retrieval stays at chance (g 1/192, f 0.010-0.026,
