@@ -6,6 +6,8 @@ training-mode BatchNorm).
     PYTHONPATH=tests OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pirl_jigsaw_branch.py \
         "" "method.objective=softmax views.params.scale=[0.6,1.0]" [--identity-order] [--no-g-bias] [--other-tiles]
 
+    PYTHONPATH=tests OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pirl_jigsaw_branch.py --run RUN_DIR
+
 Each positional argument is one run's overrides (space-separated; "" for none), on top of the test's.
 """
 
@@ -78,6 +80,30 @@ def run(extra: list[str], seed: int, identity_order: bool, no_g_bias: bool, othe
             f"normalisation: mean norm {pre.mean(0).norm():.1f}, spread {(pre - pre.mean(0)).norm(dim=1).mean():.1f}")
 
 
+def trained_run(run_dir: str) -> str:
+    """g's and f's health in a finished run (``selfsup train --recipe pirl_digits ...``) over the digits training
+    split at the run's size: mean cosine, own bank row top-1 and top-10 (one fixed jigsaw per image, eval mode)."""
+    from selfsup.data.formats import load_data
+    from selfsup.rundir import load_method
+
+    m, meta = load_method(run_dir)
+    images = load_data(None, image_size=meta["image_size"]).train.images
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (meta["mean"], meta["std"]))
+    x = (images.float() / 255 - mean) / std
+    n = len(x)
+    with torch.no_grad():
+        order, offsets, _ = m.make_masks(n, torch.Generator().manual_seed(123))
+        out = {"g": m.embed_tiles(x, order, offsets), "f": m.embed(x)}
+    rows, own = m.bank.bank, torch.arange(n)
+    parts = []
+    for name, v in out.items():
+        s = v @ rows.T
+        top10 = (s.topk(10, 1).indices == own[:, None]).any(1).float().mean().item()
+        parts.append(f"{name} mean cosine {_mean_cos(v):.4f}  own-row {(s.argmax(1) == own).float().mean().item():.4f} "
+                     f"(top-10 {top10:.3f})")
+    return f"{run_dir} (chance {1 / n:.4f}, top-10 {10 / n:.4f}): " + "  ".join(parts)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="*", default=[""], help="one run's overrides each (space-separated)")
@@ -85,7 +111,11 @@ def main() -> None:
     p.add_argument("--identity-order", action="store_true", help="tiles in their own order (no shuffle)")
     p.add_argument("--no-g-bias", action="store_true", help="g's two linear layers without bias")
     p.add_argument("--other-tiles", action="store_true", help="broken: g trained on the previous image's tiles")
+    p.add_argument("--run", help="report g and f of this finished run directory instead of training")
     a = p.parse_args()
+    if a.run:
+        print(trained_run(a.run))
+        return
     for extra in a.runs or [""]:
         print(run(extra.split(), a.seed, a.identity_order, a.no_g_bias, a.other_tiles), flush=True)
 
