@@ -117,6 +117,12 @@ built / BN re-estimated) and the broken run scored with the same probe. Seeds 0 
           concatenated probe does not move (0.891 / 0.901 / 0.879, broken 0.869 / 0.872 / 0.855, random 0.892 /
           0.869 / 0.869) and pool 0.533 / 0.557 / 0.606 (broken 0.648 / 0.644 / 0.603): not a representation worth
           shipping; the lead for whoever picks this up (the probe is not yet a ``selfsup eval`` option).
+  last stage frozen (``--last-lr-scale 0``, BatchNorm statistics still move), seeds 0 / 1 / 2: jigsaw 24 px (as
+          above) pool 0.615 / 0.604 / 0.603, broken 0.557 / 0.589 / 0.589 (random 0.531 / 0.487 / 0.608: seed 2 below);
+          mean 0.648 / 0.647 / 0.632, broken 0.606 / 0.624 / 0.613 (+0.042 / +0.023 / +0.019); cat 0.767 / 0.765 /
+          0.742, broken 0.725 / 0.760 / 0.744. Relpatch 32 px pool 0.592 / 0.647 / 0.602, broken 0.662 / 0.625 /
+          0.608; mean 0.597 / 0.592 / 0.528, broken 0.506 / 0.522 / 0.515 (seed 2 +0.013); cat 0.895 / 0.901 / 0.866,
+          broken 0.867 / 0.872 / 0.861.
 The pretext accuracies below (chance 0.25 / 0.083 / 0.125): rotnet (with flips) 0.43 -> 0.53, jigsaw 0.12 -> 0.32,
 relpatch 0.15 -> 0.23 over the 4 epochs; at lr 1e-9 they stay at chance (rotnet 0.19-0.23, jigsaw 0.07-0.09).
 PIRL on 192 digits (4-12 epochs, softmax or NCE): its own-row retrieval stays at chance (g 1/192, f 0.010-0.026,
