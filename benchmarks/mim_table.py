@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=20)
     ap.add_argument("--finetune-for", nargs="*", default=["mae_digits"], help="recipes that are also fine-tuned")
     ap.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every recipe's train.epochs")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="recipe overrides for every run, e.g. train.seed=3 (the random-init row uses them too)")
     args = ap.parse_args()
     print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
@@ -57,7 +59,7 @@ def main() -> None:
         protocols = ["knn", "linear"] + (["finetune"] if name in args.finetune_for else [])
         over = [f"train.epochs={epochs}", f"optim.warmup_epochs={min(base.optim.warmup_epochs, epochs)}",
                 f"train.out_dir={out}", f"train.run_name={name}", "train.progress_bar=false",
-                f"eval.finetune_epochs={args.finetune_epochs}"]
+                f"eval.finetune_epochs={args.finetune_epochs}", *args.set]
         if base.method.name in ("ibot", "dinov2"):  # warmup_teacher_temp_epochs must fit the shorter run
             over.append(f"method.warmup_teacher_temp_epochs={min(base.method.warmup_teacher_temp_epochs, epochs)}")
         recipe = load_recipe(name, over)
