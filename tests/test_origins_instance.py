@@ -294,7 +294,9 @@ def test_counting_short_run_optimises_the_counting_objective(tmp_path: Path):
     features and re-estimated BatchNorm lower. The relation is hardly learned on unseen images (train images
     256-767, eval mode): ||phi(D x) - sum_j phi(T_j x)||^2 is 8.8 after 12 epochs (5.9 after 24) while phi(D x)
     varies around its mean by 2.5 (4.3) and another image's phi(D y) is 10.4 (11.3) from the tile sum: the sums
-    barely tell their own image from another. So counting has no kNN learning test."""
+    barely tell their own image from another. So counting has no kNN learning test. Later tries at 24 px against
+    random init and a broken run (tiles from another image): readouts as in training, normalised counts, separate
+    passes, zoom-out; none holds at seeds 0-2 (README.md, the counting bullets; benchmarks/origins_controls.py)."""
     import json
 
     data = shifted_digits()
