@@ -41,8 +41,9 @@ the teacher's pooled tokens alone, the patch path the masked student tokens / al
 the official ``iBOTHead`` normalises each forward's CLS and patch tokens jointly, with the student's local
 crops in a forward of their own.
 
-On ``ibot_digits`` the CLS term collapses to ln K with no code bug behind it: the recipe's yaml header has
-the bisection against ``dinov2_digits`` (whose features come mostly from its KoLeo term).
+On ``ibot_digits`` with the paper-like crops the CLS term collapsed to ln K with no code bug behind it: the tiny
+ViT's targets followed the crop more than the digit, and two uncropped views cure it (the recipe's yaml header
+has the measurements and the earlier bisection against ``dinov2_digits``).
 ``koleo_loss_weight`` (beyond the paper; default 0, which computes nothing) adds DINOv2's KoLeo term on the
 student's backbone CLS of each global crop (:func:`global_crops_koleo`).
 """
