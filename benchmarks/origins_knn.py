@@ -13,11 +13,16 @@ unshuffled image's tiles (jigsaw: the centred grid, the crop centred in each cel
 training; relpatch: the centred 3 x 3 patch arrangement, no jitter) through the backbone, the per-tile pooled
 features concatenated in grid order ("cat") and averaged ("mean"), for random init and the trained network alike.
 ``--last-lr-scale`` trains the last SmallCNN stage at that multiple of the lr (origins_controls.py's option).
+``--train-photos N`` trains on N grey crops of the photographs scikit-image ships in its package (:func:`photo_crops`;
+read from the installed files, nothing is downloaded) instead of the digits, and scores kNN on the digits split as
+always: whether the pretext task learns, and transfers, where a tile holds more than the digits' 8 x 8 source pixels.
 
     PYTHONPATH=tests .venv/bin/python benchmarks/origins_knn.py jigsaw_digits --size 32 --epochs 4 \\
         method.grid=2 method.n_permutations=24 method.tile_size=null optim.lr=0.3
     PYTHONPATH=tests .venv/bin/python benchmarks/origins_knn.py jigsaw_digits --size 24 --epochs 4 --tile-probe \\
         --break-labels method.grid=2 method.n_permutations=24 method.tile_size=null optim.lr=0.1
+    PYTHONPATH=tests .venv/bin/python benchmarks/origins_knn.py jigsaw_digits --size 32 --epochs 12 \\
+        --train-photos 2048 method.grid=2 method.n_permutations=24 method.tile_size=null optim.lr=0.1
 """
 
 from __future__ import annotations
@@ -66,6 +71,37 @@ class TileProbe(nn.Module):
         return f.flatten(1) if self.reduce == "cat" else f.mean(1)
 
 
+# the photographs bundled in scikit-image's wheel (skimage/data); the others skimage.data offers are downloaded
+PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png", "coins.png",
+          "grass.png", "gravel.png", "horse.png", "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png",
+          "page.png", "retina.jpg", "rocket.jpg", "text.png")
+
+
+def photo_crops(n: int, size: int, seed: int = 0):
+    """``n`` grey ``size`` px crops of :data:`PHOTOS`: a random photo, a random square of side U(size, min side / 2)
+    at a random place, resized (anti-aliased) to ``size``; each photo min-max scaled to 0..255 first. Unlabelled."""
+    import numpy as np
+    import skimage
+    from skimage.color import rgb2gray
+    from skimage.io import imread
+    from skimage.transform import resize
+
+    from selfsup.data import DataSplits, ImageArray
+
+    photos = []
+    for name in PHOTOS:
+        im = imread(Path(skimage.__file__).parent / "data" / name).astype(np.float64)
+        im = rgb2gray(im[..., :3]) if im.ndim == 3 else im
+        photos.append((im - im.min()) / max(im.max() - im.min(), 1e-9))
+    g, out = np.random.default_rng(seed), np.empty((n, 1, size, size), np.uint8)
+    for i in range(n):
+        im = photos[g.integers(len(photos))]
+        side = int(g.integers(size, max(size + 1, min(im.shape) // 2)))
+        r, c = g.integers(0, im.shape[0] - side + 1), g.integers(0, im.shape[1] - side + 1)
+        out[i, 0] = np.clip(resize(im[r:r + side, c:c + side], (size, size), anti_aliasing=True) * 255, 0, 255)
+    return DataSplits(ImageArray(torch.from_numpy(out)), None, "photos", None)
+
+
 def break_labels(method: nn.Module, seed: int) -> None:
     """Shuffle the pretext labels against the inputs across the batch (see the module docstring)."""
     g = torch.Generator().manual_seed(seed)
@@ -92,6 +128,7 @@ def main() -> int:
                     "of the tile probe in tests/test_origins_spatial_learning.py use 1000 + seed)")
     ap.add_argument("--tile-probe", action="store_true", help="also score TileProbe (cat and mean)")
     ap.add_argument("--last-lr-scale", type=float, default=1.0, help="lr multiplier of the last SmallCNN stage")
+    ap.add_argument("--train-photos", type=int, default=0, help="train on this many crops of scikit-image's photos")
     ap.add_argument("overrides", nargs="*", help="dotted recipe overrides (after the tests' LEARN settings)")
     args = ap.parse_intermixed_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -120,12 +157,14 @@ def main() -> int:
             scale_last_stage_lr(method, args.last_lr_scale)
         if args.break_labels:
             break_labels(method, args.seed if args.break_seed is None else args.break_seed)
-        run = train(r, run_dir=Path(out) / "run", data=data, method=method, log=lambda *a: None)
+        train_data = photo_crops(args.train_photos, args.size, args.seed) if args.train_photos else data
+        run = train(r, run_dir=Path(out) / "run", data=train_data, method=method, log=lambda *a: None)
         acc = [round(json.loads(line).get("pretext_acc", float("nan")), 3) for line in open(run / "metrics.jsonl")]
     trained, trained_s3 = knn_top1(method.backbone, data), knn_top1(stage_pool(method.backbone, 3), data)
     ref = max(base, base_bn)
     print(f"{args.recipe} {args.size} px shift {args.shift}, {args.epochs} epochs, seed {args.seed}"
           f"{', labels broken' if args.break_labels else ''}"
+          f"{f', trained on {args.train_photos} photo crops' if args.train_photos else ''}"
           f"{f', last stage lr x{args.last_lr_scale}' if args.last_lr_scale != 1.0 else ''} {' '.join(args.overrides)}")
     print(f"  kNN top-1: random init {base:.3f} (BN re-estimated {base_bn:.3f}) -> trained {trained:.3f} "
           f"({trained - ref:+.3f}); stage 3: {base_s3:.3f} -> {trained_s3:.3f}")

@@ -142,7 +142,9 @@ def test_colour_dropping_and_projection():
 
 SMALL = {"rotnet": [], "jigsaw": ["method.n_permutations=12", "method.tile_dim=8", "method.head=16"],
          "relpatch": ["method.patch=4", "method.gap=1", "method.jitter=1", "method.tile_dim=8", "method.head=16"],
-         "pirl": ["method.memory_size=192", "method.negatives=16", "method.dim=8", "method.tile_size=null"]}
+         # the paper's NCE (pirl_digits trains with the softmax; tests/test_origins_instance.py runs that)
+         "pirl": ["method.memory_size=192", "method.negatives=16", "method.dim=8", "method.tile_size=null",
+                  "method.objective=nce"]}
 
 
 def _method(name: str, extra: list[str] = ()):
