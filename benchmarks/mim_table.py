@@ -88,7 +88,8 @@ def main() -> None:
                "linear": _value(init_metrics, "linear probe test acc")}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if name == "mae_digits" and not args.init_only:  # the same ViT from scratch, the same fine-tuning budget and protocol
+        # the same ViT from scratch, the same fine-tuning budget and protocol
+        if name == "mae_digits" and not args.init_only:
             torch.manual_seed(recipe.train.seed)
             scratch = build_method(recipe, data.train.channels, data.train.image_size).backbone
             e = recipe.eval

@@ -14,14 +14,14 @@ Eq. 2). The NCE normaliser: NPID's Monte-Carlo estimate from the first batch (``
 in the ``nce_z`` buffer; PIRL adopts NPID's memory-bank NCE), the f term's estimate for both terms
 (``normalizer: shared``), or 1 as Eq. 3 is printed (``normalizer: none``).
 
-Why ``bank_init: features`` and ``normalizer: shared`` (the digits recipe's under the NCE; see :mod:`selfsup.nets.instance_bank`):
-each Z is estimated once against the bank as it is at the first step. Against random bank rows, or for the g
-term whose random-init tile embedding is unrelated to the bank's f rows, the estimate is that of uncorrelated
-scores (~1.2 n at tau 0.07 and 128-d), while the partition function the terms reach once the bank holds the
-correlated features of the network, and g aligns with them, is ~10^4 times larger; with so small a fixed Z every
-noise row scores as data and the embeddings collapse (digits: bank rows at cosine 0.95-0.99, kNN 0.34-0.38 vs 0.50
-at random init). Starting the bank from the network's own f (:meth:`PIRL.prepare`) and using the f term's Z for
-both terms gives kNN 0.556 in the same run.
+Why ``bank_init: features`` and ``normalizer: shared`` (the digits recipe's under the NCE; see
+:mod:`selfsup.nets.instance_bank`): each Z is estimated once against the bank as it is at the first step. Against
+random bank rows, or for the g term whose random-init tile embedding is unrelated to the bank's f rows, the estimate
+is that of uncorrelated scores (~1.2 n at tau 0.07 and 128-d), while the partition function the terms reach once the
+bank holds the correlated features of the network, and g aligns with them, is ~10^4 times larger; with so small a
+fixed Z every noise row scores as data and the embeddings collapse (digits: bank rows at cosine 0.95-0.99, kNN
+0.34-0.38 vs 0.50 at random init). Starting the bank from the network's own f (:meth:`PIRL.prepare`) and using the f
+term's Z for both terms gives kNN 0.556 in the same run.
 Per step the trainer draws, in the main process, each image's tile permutation, tile crop offsets and negatives
 (:meth:`PIRL.make_masks`).
 
