@@ -245,6 +245,14 @@ def test_pirl_losses_equal_eq5_in_float64():
                                rtol=1e-10, atol=1e-10)
 
 
+def test_pirl_softmax_draws_no_negatives():
+    """``objective: softmax`` scores the whole bank: no negatives are drawn, and the tile draws are the NCE's."""
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    order, offsets, neg = _method("pirl", ["method.objective=softmax"]).make_masks(4, g())
+    nce = _method("pirl").make_masks(4, g())
+    assert neg.shape == (4, 0) and torch.equal(order, nce[0]) and torch.equal(offsets, nce[1])
+
+
 def test_pirl_step_moves_the_bank_rows_towards_f_and_keeps_z():
     m = _method("pirl")
     x = [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]

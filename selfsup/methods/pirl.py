@@ -126,10 +126,13 @@ class PIRL(Method):
 
     def make_masks(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """``(tile order [batch, tiles] (a random permutation each), crop offsets [batch, tiles, 2] in [0, 1),
-        negatives [batch, K] (bank rows))`` for the whole global batch."""
+        negatives [batch, K] (bank rows))`` for the whole global batch. ``objective: softmax`` scores every bank row,
+        so it draws no negatives (``[batch, 0]``, which the trainer shards like the others)."""
         tiles = self.cfg.grid ** 2
         order = torch.rand(batch, tiles, generator=generator).argsort(1)
         offsets = torch.rand(batch, tiles, 2, generator=generator)
+        if self.cfg.objective == "softmax":
+            return order, offsets, torch.empty(batch, 0, dtype=torch.long)
         return order, offsets, InstanceBank.sample(batch, self.cfg.negatives, self.cfg.memory_size, generator)
 
     def embed_tiles(self, x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
