@@ -129,6 +129,7 @@ def main() -> int:
     ap.add_argument("--tile-probe", action="store_true", help="also score TileProbe (cat and mean)")
     ap.add_argument("--last-lr-scale", type=float, default=1.0, help="lr multiplier of the last SmallCNN stage")
     ap.add_argument("--train-photos", type=int, default=0, help="train on this many crops of scikit-image's photos")
+    ap.add_argument("--font-digits", action="store_true", help="train and score on the generated font_digits split")
     ap.add_argument("overrides", nargs="*", help="dotted recipe overrides (after the tests' LEARN settings)")
     args = ap.parse_intermixed_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -137,7 +138,11 @@ def main() -> int:
     from train_utils import LEARN, bn_recalibrated, knn_top1, shifted_digits
 
     torch.set_num_threads(1)
-    data = shifted_digits(size=args.size, max_shift=args.shift)
+    if args.font_digits:
+        from selfsup.data.font_digits import load_font_digits_splits
+        data = load_font_digits_splits(args.size)
+    else:
+        data = shifted_digits(size=args.size, max_shift=args.shift)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         r = load_recipe(args.recipe, LEARN + ["data.batch_size=64", f"data.image_size={args.size}", *args.overrides,
@@ -162,7 +167,7 @@ def main() -> int:
         acc = [round(json.loads(line).get("pretext_acc", float("nan")), 3) for line in open(run / "metrics.jsonl")]
     trained, trained_s3 = knn_top1(method.backbone, data), knn_top1(stage_pool(method.backbone, 3), data)
     ref = max(base, base_bn)
-    print(f"{args.recipe} {args.size} px shift {args.shift}, {args.epochs} epochs, seed {args.seed}"
+    print(f"{args.recipe} {args.size} px {'font_digits' if args.font_digits else f'shift {args.shift}'}, {args.epochs} epochs, seed {args.seed}"
           f"{', labels broken' if args.break_labels else ''}"
           f"{f', trained on {args.train_photos} photo crops' if args.train_photos else ''}"
           f"{f', last stage lr x{args.last_lr_scale}' if args.last_lr_scale != 1.0 else ''} {' '.join(args.overrides)}")

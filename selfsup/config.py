@@ -36,11 +36,12 @@ class DataConfig(Section):
     path: str | None = Field(None, description="dataset path: an ImageFolder tree or folder of images, a .csv/.tsv/"
                              ".txt file list, a `selfsup prepare` pack, .tar shards, .npz, IDX or CIFAR; null = the "
                              "built-in digits")
-    format: Literal["auto", "digits", "digit_scenes", "colour_digits", "imagefolder", "filelist", "packed", "shards",
-                    "npz", "idx", "cifar"] = Field(
+    format: Literal["auto", "digits", "digit_scenes", "colour_digits", "font_digits", "imagefolder", "filelist",
+                    "packed", "shards", "npz", "idx", "cifar"] = Field(
         "auto", description="dataset format; auto: detected from the path; digit_scenes: the built-in digits on "
         "textured backgrounds with per-pixel masks (for the dense_miou protocol); colour_digits: the built-in digits "
-        "coloured in Lab (for colorization)")
+        "coloured in Lab (for colorization); font_digits: digits rendered from matplotlib's fonts at full resolution, "
+        "test fonts held out (for the spatial pretext tasks)")
     image_size: int | None = Field(None, gt=0, description=f"output side of the global views (null: the native size "
                                    f"of npz, IDX and CIFAR arrays; 32 for digits; {DEFAULT_IMAGEFOLDER_SIZE} for "
                                    f"image files, whose sizes vary)")
