@@ -213,6 +213,8 @@ def main() -> int:
                     "tile position (separate_passes)")
     ap.add_argument("--zoom-out", type=float, default=0.0, help="counting: shrink each view by U(z, 1) before "
                     "tiling (zoom_out; 0: off)")
+    ap.add_argument("--font-digits", action="store_true", help="train and score on the generated font_digits split "
+                    "(selfsup.data.font_digits) instead of the shifted digits")
     ap.add_argument("overrides", nargs="*", help="dotted recipe overrides (after the tests' LEARN settings)")
     args = ap.parse_intermixed_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -227,7 +229,11 @@ def main() -> int:
         rotnet.pretext_cross_entropy = lambda logits, t: F.cross_entropy(logits, t,
                                                                          label_smoothing=args.label_smoothing)
     stages = [int(s) for s in args.stages.split(",")]
-    data = shifted_digits(size=args.size)
+    if args.font_digits:
+        from selfsup.data.font_digits import load_font_digits_splits
+        data = load_font_digits_splits(args.size)
+    else:
+        data = shifted_digits(size=args.size)
     knns = lambda bb: {k: round(knn_top1(stage_pool(bb, k), data), 4) for k in stages}
 
     def extra(method: nn.Module, backbone: nn.Module, bn: bool) -> dict[str, float]:
