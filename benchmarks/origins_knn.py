@@ -167,7 +167,8 @@ def main() -> int:
         acc = [round(json.loads(line).get("pretext_acc", float("nan")), 3) for line in open(run / "metrics.jsonl")]
     trained, trained_s3 = knn_top1(method.backbone, data), knn_top1(stage_pool(method.backbone, 3), data)
     ref = max(base, base_bn)
-    print(f"{args.recipe} {args.size} px {'font_digits' if args.font_digits else f'shift {args.shift}'}, {args.epochs} epochs, seed {args.seed}"
+    where = "font_digits" if args.font_digits else f"shift {args.shift}"
+    print(f"{args.recipe} {args.size} px {where}, {args.epochs} epochs, seed {args.seed}"
           f"{', labels broken' if args.break_labels else ''}"
           f"{f', trained on {args.train_photos} photo crops' if args.train_photos else ''}"
           f"{f', last stage lr x{args.last_lr_scale}' if args.last_lr_scale != 1.0 else ''} {' '.join(args.overrides)}")
