@@ -30,8 +30,8 @@ broken runs stay below the bar at every seed, a margin over random init alone te
 broken one, and each test trains one run: ``MARGIN`` over random init, tests/test_catalogue_learning.py's 0.04.
 Broken in the code (jigsaw's loss given ``index.roll(1)``, the labels of another image), the jigsaw test fails: kNN
 0.282 vs random init 0.294, pretext accuracy at chance (0.007-0.011) every epoch; so does the counting test with
-each image fed the tiles of another (``tiles.roll(1, 0)`` in counting's forward): 0.280 vs 0.294. Time on 1 thread: about 75 s
-(jigsaw), 40 s (relpatch) and 210 s (counting).
+each image fed the tiles of another (``tiles.roll(1, 0)`` in counting's forward): 0.280 vs 0.294. Time on 1 thread:
+about 75 s (jigsaw), 40 s (relpatch) and 210 s (counting).
 """
 
 from __future__ import annotations
