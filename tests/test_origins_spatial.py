@@ -187,7 +187,7 @@ def test_jigsaw_keeps_its_permutation_set_in_the_checkpoint():
 @pytest.mark.parametrize("name,extra,match", [
     ("jigsaw_digits", ["data.image_size=8"], r"jigsaw: 8 px images in a 3x3 grid give 2 px cells"),
     ("relpatch", ["data.image_size=224"], r"relpatch: 96 px patches, gap 48 and jitter 7 need 398 px images"),
-    ("relpatch_digits", ["data.image_size=16"], r"need 30 px images, got 16; use data.image_size >= 30"),
+    ("relpatch_digits", ["data.image_size=32"], r"need 60 px images, got 32; use data.image_size >= 60"),
 ])
 def test_impossible_sizes_are_refused_in_one_line(name, extra, match):
     with pytest.raises(ConfigError, match=match) as e:
