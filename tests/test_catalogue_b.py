@@ -1,8 +1,9 @@
 """Issue 11's joint-embedding part A: MoCo v1, ReSSL, NNBYOL, NNSiam and FastSiam.
 
 Losses against float64 references written from the papers' equations (plain loops, no library code shared with
-the losses), their stop-gradients, reductions to BYOL / SimSiam, 2-process gloo parity, and the methods as
-modules (heads, views, queues moved once per step, refused accumulation). Learning:
+the losses), their stop-gradients, reductions to BYOL / SimSiam, exactness under DDP (each loss is a mean of
+per-sample terms: two half batches give the full batch's value and gradient), and the methods as modules (heads,
+views, queues moved once per step, refused accumulation). Learning:
 tests/test_catalogue_b_learning.py; recipes: tests/recipe_rows_catalogue_b.py.
 """
 

@@ -18,9 +18,9 @@ consecutive chunks and its keys in 8 chunks of a random permutation, each chunk 
 GPUs with 32 images each at batch 256). Under DDP each process does so on its own rows; ``bn_splits: 1`` turns
 it off.
 
-Differences from the paper, all in the recipe's comments: selfsup's trainer has one lr schedule, a cosine decay
-(the paper drops the lr by 10x at epochs 120 and 160); the views apply grayscale after colour jitter (the official
-transform list applies ``RandomGrayscale`` before ``ColorJitter``).
+The recipe drops the lr by 10x at epochs 120 and 160, as the paper (``optim.lr_schedule: step``). Difference from
+the paper, in the recipe's comments: the views apply grayscale after colour jitter (the official transform list
+applies ``RandomGrayscale`` before ``ColorJitter``).
 """
 
 from __future__ import annotations

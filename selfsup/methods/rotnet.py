@@ -7,7 +7,7 @@ paper's Sec. 2.2 and Table 2 find this better than one random rotation per image
 Eq. 1-2). Nothing random is drawn: the views (a crop and flip) are the only augmentation.
 
 Recipe defaults (official ``config/CIFAR10_RotNet_NIN4blocks.py``): SGD lr 0.1, momentum 0.9, weight decay 5e-4,
-batch 128, 200 epochs (the lr steps x0.2 at 60/120/160 become selfsup's warm-up + cosine schedule), CIFAR-10's
+batch 128, 200 epochs (the lr steps x0.2 at 60/120/160: ``optim.lr_schedule: step``), CIFAR-10's
 32 px images with a ResNet-18 for the paper's NIN (selfsup's choice, no NIN backbone).
 """
 
