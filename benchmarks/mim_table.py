@@ -9,7 +9,9 @@ random init under the same probes.
     python benchmarks/mim_table.py --out /tmp/mim_table [--recipes mae_digits dinov2_digits ibot_digits ijepa_digits]
         [--finetune-epochs 20] [--epochs-scale 1.0]
 
-Prints one row per recipe (pretrain minutes, kNN k=20, linear, fine-tune) and the scratch baseline.
+Prints one row per recipe (pretrain minutes, kNN k=20, linear, fine-tune) and the scratch baseline. Recipes on
+scikit-learn's digits run at 32 px; a recipe that names other data trains and is scored on it, e.g.
+``--recipes jigsaw_digits relpatch_digits counting_digits --finetune-for`` on its generated font digits at 64 px.
 ``--init-only`` prints only the random-init rows (no pretraining), e.g. the baseline of a ``selfsup train`` run at
 another seed: ``python benchmarks/mim_table.py --recipes pirl_digits --init-only --set train.seed=1``.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 
 from selfsup.config import load_recipe
-from selfsup.data import load_data
+from selfsup.data import load_data, load_data_section
 from selfsup.eval import finetune
 from selfsup.run_evaluation import evaluate_backbone, evaluate_run
 from selfsup.train.loop import build_method, train
@@ -54,7 +56,7 @@ def main() -> None:
     print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     out = Path(args.out)
-    data = load_data(None, image_size=32)
+    digits = load_data(None, image_size=32)
     rows = []
     for name in args.recipes:
         base = load_recipe(name)
@@ -66,6 +68,9 @@ def main() -> None:
         if base.method.name in ("ibot", "dinov2"):  # warmup_teacher_temp_epochs must fit the shorter run
             over.append(f"method.warmup_teacher_temp_epochs={min(base.method.warmup_teacher_temp_epochs, epochs)}")
         recipe = load_recipe(name, over)
+        # scikit-learn's digits at 32 px unless the recipe names other data (e.g. font_digits at 64 px)
+        d = recipe.data
+        data = digits if d.path is None and d.format in ("auto", "digits") else load_data_section(d)
         if not args.init_only:
             t0 = time.perf_counter()
             run = train(recipe, data=data, overwrite=True, log=lambda *a: None)
