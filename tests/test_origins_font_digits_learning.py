@@ -26,8 +26,9 @@ batch, or feeds counting the tiles of another image, seeded as the run):
 
 Fewer epochs fall short (jigsaw 8 epochs: +0.044 / +0.042; relpatch 16 epochs: +0.072 / +0.010, the shuffled run
 +0.002 / +0.026; counting 16 epochs with linear counts +0.086 / +0.018), and so does 32 px, where the tiles are 9-10
-px (jigsaw 16 epochs -0.002, shuffled -0.016; relpatch +0.006, shuffled -0.048). Counting with the recipe's linear
-counts (``relu: false``) gains +0.112 / +0.020 at seeds 0 / 1 in 32 epochs, so the test uses ReLU counts. Since the
+px (jigsaw 16 epochs -0.002, shuffled -0.016; relpatch +0.006, shuffled -0.048). Counting with linear counts
+(``relu: false``, the recipe's before it moved here) gains +0.112 / +0.020 at seeds 0 / 1 in 32 epochs, so the
+recipe and the test use the paper's ReLU counts. Since the
 broken runs stay below the bar at every seed, a margin over random init alone tells a working pretext task from a
 broken one, and each test trains one run: ``MARGIN`` over random init, tests/test_catalogue_learning.py's 0.04.
 Broken in the code (jigsaw's loss given ``index.roll(1)``, the labels of another image), the jigsaw test fails: kNN
