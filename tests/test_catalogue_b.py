@@ -2,7 +2,8 @@
 
 Losses against float64 references written from the papers' equations (plain loops, no library code shared with
 the losses), their stop-gradients, reductions to BYOL / SimSiam, exactness under DDP (each loss is a mean of
-per-sample terms: two half batches give the full batch's value and gradient), and the methods as modules (heads,
+per-sample terms: two half batches give the full batch's value and gradient; the 2-process gloo check is in
+tests/test_catalogue_losses_ddp.py), and the methods as modules (heads,
 views, queues moved once per step, refused accumulation). Learning:
 tests/test_catalogue_b_learning.py; recipes: tests/recipe_rows_catalogue_b.py.
 """

@@ -2,13 +2,14 @@
 the single-process full-batch ones (ddp_utils.ddp_parity splits every input by rows across ranks).
 
 MMCR's centroid spectrum, the total coding rate, EMP-SSL, FroSSL's normalisation and covariances, SIGReg's
-characteristic function, LeJEPA, VISReg's statistics and sort, TiCo's running covariance (compared through a
-probe), IterNorm's whitening, VIbCReg, uniformity, DirectCLR's and MACL's negatives and MACL's alignment, CO2's
-in-batch negatives, KoLeo's global-batch neighbours (``distributed=True``, the any-method regulariser's), SMoG's group update (raw and official normalised) over the
-global batch, All4One's feature columns and negatives, VICRegL's global and matched-local variance and
-covariance, DetCon's negatives over the gathered batch, NPID's normaliser (an all-reduced mean), NCE and softmax,
-and its memory-bank update (gathered over ranks). Inputs with a view axis keep the batch on dim 0 and are
-rearranged inside each case.
+characteristic function, LeJEPA, VISReg's statistics and sort, TiCo's running covariance (compared through a probe),
+IterNorm's whitening, VIbCReg, uniformity, DirectCLR's and MACL's negatives and MACL's alignment, CO2's in-batch
+negatives, KoLeo's global-batch neighbours (``distributed=True``, the any-method regulariser's), SMoG's group update
+(raw and official normalised) over the global batch, All4One's feature columns and negatives, VICRegL's global and
+matched-local variance and covariance, DetCon's negatives over the gathered batch, DenseCL's per-image dense loss,
+ReSSL, NNBYOL, NNSiam and FastSiam (per-sample terms), NPID's normaliser (an all-reduced mean), NCE and softmax, and
+its memory-bank update (gathered over ranks). Inputs with a view axis keep the batch on dim 0 and are rearranged
+inside each case.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from ddp_utils import assert_parity, ddp_parity
-from selfsup.losses import detcon_loss, vicregl_loss
+from selfsup.losses import densecl_loss, detcon_loss, vicregl_loss
+from selfsup.losses import fastsiam_loss, nn_byol_loss, nn_simsiam_loss, ressl_loss
 from selfsup.losses import (align_uniform_loss, all4one_loss, co2_loss, directclr_loss, emp_ssl_loss,
                             feature_contrast, frossl_loss, iter_norm, koleo_loss, lejepa_loss, macl_loss, mmcr_loss,
                             random_slices, sigreg, smog_loss, tico_loss, total_coding_rate, uniformity_loss,
@@ -137,6 +139,31 @@ def detcon_case(p0, p1, t0, t1, i0, i1):
     return detcon_loss(p0, p1, t0, t1, i0, i1, 0.1)
 
 
+DENSE_QUEUE = torch.randn(6, D, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+
+
+def densecl_case(q, k, match):  # per image against a shared dense queue: exact with no communication
+    return densecl_loss(q, k, match, DENSE_QUEUE, 0.2)
+
+
+# issue 11's part A (tests/test_catalogue_b.py has the rest): per-sample terms against a queue or support set that
+# every rank shares, so exact with no gather (the half-batch check there, the 2-process one here)
+def ressl_case(q, k):
+    return ressl_loss(q, k, DENSE_QUEUE)
+
+
+def nn_byol_case(p1, p2, t1, t2):
+    return nn_byol_loss(p1, p2, t1, t2, DENSE_QUEUE)
+
+
+def nn_simsiam_case(p1, p2, z1, z2):
+    return nn_simsiam_loss(p1, p2, z1, z2, DENSE_QUEUE)
+
+
+def fastsiam_case(*x):
+    return fastsiam_loss(list(x[:3]), list(x[3:]))
+
+
 # NPID (tests/test_instance_discrimination.py has the rest): the normaliser is an all-reduced batch mean, the bank
 # update gathers the global batch (every rank writes the same rows), then scores against the updated bank
 NPID_N, NPID_K = 20, 5
@@ -191,7 +218,12 @@ def test_catalogue_losses_are_exact_under_ddp():
              ("npid_nce", npid_nce_case, [r(n, D), torch.randint(0, NPID_N, (n, 1 + NPID_K), generator=g)]),
              ("npid_softmax", npid_softmax_case, [r(n, D), torch.randint(0, NPID_N, (n,), generator=g)]),
              ("npid_bank", npid_bank_case, [r(n, D), torch.randperm(NPID_N, generator=g)[:n],
-                                            torch.randint(0, NPID_N, (n,), generator=g)])]
+                                            torch.randint(0, NPID_N, (n,), generator=g)]),
+             ("densecl", densecl_case, [r(n, 3, D), r(n, 5, D), torch.randint(0, 5, (n, 3), generator=g)]),
+             ("ressl", ressl_case, [r(n, D), r(n, D)]),
+             ("nn_byol", nn_byol_case, [r(n, D) for _ in range(4)]),
+             ("nn_simsiam", nn_simsiam_case, [r(n, D) for _ in range(4)]),
+             ("fastsiam", fastsiam_case, [r(n, D) for _ in range(6)])]
     result = ddp_parity(cases)
     assert_parity(result)
     # every case compared a non-zero gradient, and a half batch would not have passed
