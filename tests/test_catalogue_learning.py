@@ -32,6 +32,8 @@ broken-pair run at seed 1 (+0.045).
 Broken, seed 0 (each fails): the loss sign inverted gives tico 0.478 and macl 0.378 (earlier machine); with the
 settings above (benchmarks/short_run_seeds.py --brk neg) mmcr -0.024, vibcreg -0.205, frossl -0.072, lejepa
 -0.161, emp_ssl -0.149.
+SimCLR with the CO2 regulariser (``simclr+co2``, weight 0.1; measured 2026-12-06, the figures beside its row)
+stands for the any-method regularisers: KoLeo's own test is tests/test_regularizers.py's collapse test.
 Time (``--durations``): 33 s for the 9 (mmcr 8.6 s, vibcreg 5.7 s, frossl 4.2 s, lejepa 4.1 s, emp_ssl 3.7 s,
 tico 3.2 s, the others 1-2 s) on the 2-core machine under a load average of ~2.6 from other jobs.
 """
