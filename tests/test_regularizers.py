@@ -163,13 +163,17 @@ def test_global_koleo_is_the_reference_in_one_process():
     assert t["reg_co2"].item() == pytest.approx(co2_ref(z1, z2, 0.2), rel=1e-9)
 
 
+def _project(method, images: torch.Tensor) -> torch.Tensor:
+    """The projector's embeddings of uint8 ``images``, scaled to [-1, 1] as the digits recipes' views are."""
+    return method.projector(method.backbone((images.float() / 255 - 0.5) / 0.5))
+
+
 def _uniformity(method, data) -> float:
     """Wang & Isola's uniformity of the test images' normalised embeddings, with batch statistics in BatchNorm
     (as training sees them: after 16 steps the running statistics still hold much of their initial values)."""
     method.train()
     with torch.no_grad():
-        x = data.test.images.float() / 255
-        z = nn.functional.normalize(method.projector(method.backbone((x - 0.5) / 0.5)), dim=1)
+        z = nn.functional.normalize(_project(method, data.test.images), dim=1)
     return torch.pdist(z).pow(2).mul(-2).exp().mean().log().item()
 
 
@@ -190,9 +194,8 @@ def _test_pair_co2(method, data) -> float:
     method.eval()
     with torch.no_grad():
         a = data.test.images
-        b = shifted(a, 2, seed=1)
-        z = [method.projector(method.backbone((x.float() / 255 - 0.5) / 0.5)) for x in (a, b)]
-        return co2_loss(z[0], z[1], temperature=0.05, distributed=False).item()
+        za, zb = _project(method, a), _project(method, shifted(a, 2, seed=1))
+        return co2_loss(za, zb, temperature=0.05, distributed=False).item()
 
 
 def test_co2_makes_held_out_views_consistent(tmp_path):
