@@ -105,6 +105,26 @@ def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_
     return (per_patch * m).sum() / m.sum().clamp_min(1)
 
 
+@fp32_loss
+def crossmae_loss(pred: torch.Tensor, target: torch.Tensor, predict_idx: torch.Tensor,
+                  norm_pix: bool = False) -> torch.Tensor:
+    r"""CrossMAE's partial-reconstruction loss (Fu et al., 2025, Sec. 3.2; ``forward_loss`` of
+    ``models_cross.py``): the decoder reads out only a subset :math:`S_b` of the masked patches (``pred`` ``[B, K,
+    P]``, one row per index of ``predict_idx`` ``[B, K]``), and
+
+    .. math:: \mathcal{L} = \frac{1}{BK} \sum_b \sum_{n \in S_b} \frac1P \lVert \hat y_{bn} - t_{bn} \rVert^2,
+
+    MAE's per-patch MSE (:func:`mae_loss`) over the predicted patches, against ``target`` ``[B, N, P]`` rows
+    ``predict_idx`` (per-patch normalised with ``norm_pix=True``). Detached targets.
+    """
+    if (pred.dim() != 3 or target.dim() != 3 or predict_idx.shape != pred.shape[:2]
+            or pred.shape[-1] != target.shape[-1]):
+        raise ValueError(f"crossmae_loss: pred [B, K, P], target [B, N, P] and predict_idx [B, K] must agree, got "
+                         f"{tuple(pred.shape)}, {tuple(target.shape)} and {tuple(predict_idx.shape)}")
+    picked = target.gather(1, predict_idx.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
+    return mae_loss(pred, picked, torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device), norm_pix=norm_pix)
+
+
 # --------------------------------------------------------------------------------------------------
 # SimMIM (Xie et al., 2022, "SimMIM: A Simple Framework for Masked Image Modeling")
 # --------------------------------------------------------------------------------------------------

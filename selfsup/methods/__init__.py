@@ -25,6 +25,7 @@ from selfsup.methods.dinov2 import DINOv2, DINOv2Config
 from selfsup.methods.ijepa import IJEPA, IJEPAConfig
 from selfsup.methods.data2vec2 import Data2Vec2, Data2Vec2Config
 from selfsup.methods.mae import MAE, MAEConfig
+from selfsup.methods.crossmae import CrossMAE, CrossMAEConfig
 from selfsup.methods.simmim import SimMIM, SimMIMConfig
 from selfsup.methods.msn import MSN, PMSN, MSNConfig, PMSNConfig
 from selfsup.methods.beit import BEiT, BEiTConfig
@@ -93,6 +94,7 @@ METHODS: dict[str, type[Method]] = {
     "ijepa": IJEPA,
     "data2vec2": Data2Vec2,
     "mae": MAE,
+    "crossmae": CrossMAE,
     "simmim": SimMIM,
     "msn": MSN,
     "pmsn": PMSN,
@@ -136,7 +138,7 @@ __all__ += ["SupCon", "SupConConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV
             "DML", "DMLConfig"]
 __all__ += ["BarlowTwins", "BarlowTwinsConfig", "SwAV", "SwAVConfig", "WMSE", "WMSEConfig", "DeepClusterV2",
             "DeepClusterV2Config"]
-__all__ += ["MAE", "MAEConfig", "SimMIM", "SimMIMConfig"]
+__all__ += ["MAE", "MAEConfig", "CrossMAE", "CrossMAEConfig", "SimMIM", "SimMIMConfig"]
 __all__ += ["IJEPA", "IJEPAConfig", "Data2Vec2", "Data2Vec2Config"]
 __all__ += ["MSN", "MSNConfig", "PMSN", "PMSNConfig", "BEiT", "BEiTConfig"]
 __all__ += ["IBOT", "IBOTConfig", "DINOv2", "DINOv2Config"]

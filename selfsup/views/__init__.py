@@ -40,6 +40,7 @@ from selfsup.views.masks import (
     inverse_block_mask,
     mask_indices,
     multiblock_mask,
+    partial_prediction_mask,
     random_mask,
 )
 from selfsup.views.per_image import TorchvisionViews, torchvision_view, torchvision_views
@@ -109,6 +110,7 @@ __all__ = [
     "multiblock_mask",
     "multicrop_views",
     "normalize",
+    "partial_prediction_mask",
     "random_mask",
     "random_grayscale",
     "resized_crop_flip",

@@ -140,6 +140,23 @@ def random_mask(batch: int, grid: tuple[int, int], ratio: float, generator: torc
     return _finish(rank < m)
 
 
+def partial_prediction_mask(batch: int, grid: tuple[int, int], ratio: float, predict_ratio: float,
+                            generator: torch.Generator) -> tuple[Masks, Masks]:
+    """CrossMAE (Fu et al. 2025, Sec. 3.2 "partial reconstruction"): ``round(ratio * N)`` patches hidden from the
+    encoder, as :func:`random_mask`, and of those a uniformly random ``round(predict_ratio * N)`` reconstructed
+    (``predict_ratio`` is a fraction of **all** patches, the official ``--kept_mask_ratio``; ``predict_ratio =
+    ratio`` reconstructs every hidden patch). Returns ``(hidden, predicted)``, ``predicted`` inside ``hidden``."""
+    check_generator(generator)
+    b, (h, w) = _batch(batch), _grid(grid)
+    n = h * w
+    m, k = round(_ratio("ratio", ratio) * n), round(_ratio("predict_ratio", predict_ratio, 0.25) * n)
+    if k > m or k == 0:
+        raise ValueError(f"predict_ratio {predict_ratio} gives {k} predicted of {m} hidden patches (of {n}); it must "
+                         f"give 1 to {m}: set predict_ratio <= ratio, e.g. 0.25 with ratio 0.75")
+    rank = torch.rand(b, n, generator=generator).argsort(dim=1).argsort(dim=1)
+    return _finish(rank < m), _finish(rank < k)
+
+
 def grid_mask(batch: int, grid: tuple[int, int], ratio: float, generator: torch.Generator, cell: int = 2) -> Masks:
     """SimMIM (Xie et al. 2022): mask ``ceil(ratio * cells)`` random cells of ``cell x cell`` patches.
 
