@@ -28,7 +28,7 @@ from selfsup.config import load_recipe
 from selfsup.rundir import read_metrics
 from selfsup.train.loop import build_method, train
 from selfsup.train.setup import TrainingError
-from train_utils import TINY, tiny_digits
+from train_utils import TINY, VIT_TINY, tiny_digits
 
 MULTICROP = ["views.params.n_local=2", "views.params.local_size=8"]
 FAMILIES = {
@@ -38,6 +38,8 @@ FAMILIES = {
     "vicreg": ["method.projector=32-32"],
     "swav": ["method.projector=32-16", "method.nmb_prototypes=10", "method.queue_length=64",
              "method.queue_start_epochs=1", "method.freeze_prototypes_epochs=1", *MULTICROP],
+    # a masked ViT: masks drawn for the global batch and split by rank, the encoder's final norm frozen
+    "crossmae": [*VIT_TINY, "method.decoder_dim=16", "method.decoder_depth=2", "method.decoder_heads=2"],
 }
 
 
