@@ -125,6 +125,31 @@ def crossmae_loss(pred: torch.Tensor, target: torch.Tensor, predict_idx: torch.T
     return mae_loss(pred, picked, torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device), norm_pix=norm_pix)
 
 
+@fp32_loss
+def aim_loss(pred_next: torch.Tensor, target: torch.Tensor, predicted: torch.Tensor,
+             norm_pix: bool = True) -> torch.Tensor:
+    r"""AIM's autoregressive patch loss (El-Nouby et al., 2024, Sec. 2): the output at position :math:`i` of a
+    causal (prefix) transformer predicts patch :math:`i + 1` in raster order, ``pred_next [B, N - 1, P]`` for
+    ``target [B, N, P]``, and with a prefix of :math:`S_b` patches the loss is on the others only,
+
+    .. math:: \mathcal{L} = \frac1B \sum_b \frac{1}{N - S_b} \sum_{k = S_b}^{N - 1} \frac1P
+              \lVert \hat x_{b,k} - \tilde x_{b,k} \rVert^2, \qquad \hat x_{b,k} = \text{pred\_next}_{b,k-1},
+
+    with per-patch normalised targets :math:`\tilde x` (``norm_pix``, as MAE's). ``predicted [B, N]`` is True
+    on the patches in the loss (:math:`k \ge S_b`; patch 0 never is). Each image's mean comes first, so every
+    process of a DDP run gets its shard's exact share of the global loss; averaging all predicted patches of the
+    batch together would weight images by their number of predicted patches and need that count all-reduced.
+    """
+    b, n, p = target.shape if target.dim() == 3 else (0, 0, 0)
+    if target.dim() != 3 or tuple(pred_next.shape) != (b, n - 1, p) or tuple(predicted.shape) != (b, n):
+        raise ValueError(f"aim_loss: pred_next [B, N-1, P], target [B, N, P] and predicted [B, N] must agree, got "
+                         f"{tuple(pred_next.shape)}, {tuple(target.shape)} and {tuple(predicted.shape)}")
+    t = norm_pix_targets(target)[0] if norm_pix else target.detach()
+    m = predicted[:, 1:].detach().to(pred_next.dtype)
+    per_patch = (pred_next - t[:, 1:]).pow(2).mean(-1)
+    return ((per_patch * m).sum(1) / m.sum(1).clamp_min(1)).mean()
+
+
 # --------------------------------------------------------------------------------------------------
 # SimMIM (Xie et al., 2022, "SimMIM: A Simple Framework for Masked Image Modeling")
 # --------------------------------------------------------------------------------------------------
