@@ -40,6 +40,9 @@ FAMILIES = {
              "method.queue_start_epochs=1", "method.freeze_prototypes_epochs=1", *MULTICROP],
     # a masked ViT: masks drawn for the global batch and split by rank, the encoder's final norm frozen
     "crossmae": [*VIT_TINY, "method.decoder_dim=16", "method.decoder_depth=2", "method.decoder_heads=2"],
+    # prefix lengths per image for the global batch; per-image means: exact without a count all-reduce
+    "aim": [*VIT_TINY, "model.vit.class_token=false", "model.vit.pool=avg", "model.vit.fc_norm=false",
+            "method.head_dim=16", "method.head_blocks=1"],
 }
 
 
