@@ -9,7 +9,7 @@ import torch
 
 from selfsup.config import load_recipe
 from selfsup.losses import aim_loss
-from selfsup.methods.aim import prefix_causal_mask
+from selfsup.nets.causal import prefix_causal_mask
 from selfsup.train.loop import build_method, train
 from train_utils import LEARN, TINY, VIT_TINY, knn_top1, random_init_knn, shifted_digits
 

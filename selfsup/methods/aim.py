@@ -25,7 +25,6 @@ the paper (its Fig. 2: "the targets correspond to the input sequence shifted one
 
 from __future__ import annotations
 
-import inspect
 from typing import Literal
 
 import torch
@@ -34,6 +33,7 @@ from pydantic import Field
 
 from selfsup.losses.masked_regression import aim_loss, norm_pix_targets, patchify, unpatchify
 from selfsup.methods.base import Method, MethodConfig, fresh_generator, require_vit
+from selfsup.nets.causal import causal_encode, check_masked_blocks
 from selfsup.nets.vit import MaskedViT
 
 
@@ -66,12 +66,6 @@ class AIMHead(nn.Module):
         return self.proj_out(self.norm(x))
 
 
-def prefix_causal_mask(prefix_len: torch.Tensor, n: int) -> torch.Tensor:
-    """Boolean ``[B, N, N]``: query ``i`` may attend to key ``j`` iff ``j <= i`` or ``j < S_b`` (PrefixLM)."""
-    j = torch.arange(n, device=prefix_len.device)
-    return (j[None, :] <= j[:, None])[None] | (j[None, None, :] < prefix_len.view(-1, 1, 1))
-
-
 class AIM(Method):
     Config = AIMConfig
     accumulation = "plain"  # a mean of per-image means: a micro-batch's share is exact
@@ -84,9 +78,7 @@ class AIM(Method):
         if vit.num_prefix:
             raise ValueError("aim needs a ViT without cls or register tokens (AIM has none): set "
                              "model.vit.class_token=false model.vit.pool=avg model.vit.registers=0")
-        if "attn_mask" not in inspect.signature(vit.blocks[0].forward).parameters:
-            raise ValueError("aim needs timm ViT blocks that take an attention mask (attn_mask; this timm's do "
-                             "not): pip install -U timm")
+        check_masked_blocks(vit, "aim")
         vit.fc_norm.requires_grad_(False)  # a pooling norm (model.vit.fc_norm) is off the loss path: kept at init
         channels = vit.patch_embed.proj.in_channels
         self.head = AIMHead(vit.embed_dim, vit.patch_size ** 2 * channels, cfg.head_dim, cfg.head_blocks)
@@ -105,16 +97,7 @@ class AIM(Method):
 
     def encode(self, x: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
         """Patch tokens ``[B, N, D]`` of the encoder under the prefix-causal mask of ``predicted``."""
-        vit: MaskedViT = self.backbone
-        tokens = vit.embed(x)
-        prefix_len = (~predicted).sum(1)
-        allowed = prefix_causal_mask(prefix_len, tokens.shape[1])
-        bias = torch.zeros(allowed.shape, dtype=tokens.dtype, device=tokens.device)
-        bias = bias.masked_fill(~allowed, float("-inf"))[:, None]  # additive: the fused and plain paths agree
-        h = vit.norm_pre(tokens)
-        for blk in vit.blocks:
-            h = blk(h, attn_mask=bias)
-        return vit.norm(h)
+        return causal_encode(self.backbone, self.backbone.embed(x), (~predicted).sum(1))
 
     def predict_next(self, x: torch.Tensor, predicted: torch.Tensor) -> dict[str, torch.Tensor]:
         """``pred_next [B, N-1, P]`` (row ``i`` predicts patch ``i + 1``), ``target`` and the encoded ``tokens``."""
