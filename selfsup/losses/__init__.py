@@ -27,10 +27,11 @@ __all__ += ["barlow_twins_loss", "cholesky_whiten", "wmse_loss", "sinkhorn_knopp
 from selfsup.losses.masked import (ibot_patch_loss, ibot_teacher_probs, koleo_loss, patch_center_update,
                                    sinkhorn_teacher)
 from selfsup.losses.masked_regression import (aim_loss, crossmae_loss, data2vec_loss, data2vec_targets, mae_loss,
-                                              norm_pix_targets, patchify, simmim_loss, unpatchify)
+                                              nepa_loss, norm_pix_targets, patchify, simmim_loss, unpatchify)
 from selfsup.losses.masked_siamese import me_max, msn_loss, pmsn_loss, power_law_prior, prior_kl
 
-__all__ += ["patchify", "unpatchify", "norm_pix_targets", "mae_loss", "crossmae_loss", "aim_loss", "simmim_loss",
+__all__ += ["patchify", "unpatchify", "norm_pix_targets", "mae_loss", "crossmae_loss", "aim_loss", "nepa_loss",
+            "simmim_loss",
             "ibot_teacher_probs", "patch_center_update", "ibot_patch_loss", "sinkhorn_teacher", "koleo_loss",
             "data2vec_targets", "data2vec_loss", "me_max", "prior_kl", "power_law_prior", "msn_loss", "pmsn_loss"]
 from selfsup.losses.covariance import iter_norm, tico_loss, vibcreg_loss

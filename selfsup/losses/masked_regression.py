@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from selfsup.losses.distillation import negative_cosine
 from selfsup.losses.precision import fp32_loss
 
 # --------------------------------------------------------------------------------------------------
@@ -148,6 +149,27 @@ def aim_loss(pred_next: torch.Tensor, target: torch.Tensor, predicted: torch.Ten
     m = predicted[:, 1:].detach().to(pred_next.dtype)
     per_patch = (pred_next - t[:, 1:]).pow(2).mean(-1)
     return ((per_patch * m).sum(1) / m.sum(1).clamp_min(1)).mean()
+
+
+@fp32_loss
+def nepa_loss(outputs: torch.Tensor, inputs: torch.Tensor, shift: bool = True) -> torch.Tensor:
+    r"""NEPA's next-embedding loss (Xu et al., 2025, Eqs. (2)-(3)): a causal transformer's output at position
+    :math:`t` predicts the input embedding of position :math:`t + 1`, scored by SimSiam's negative cosine with a
+    stop-gradient on the target,
+
+    .. math:: \mathcal{L} = -\frac{1}{B (T-1)} \sum_b \sum_{t=1}^{T-1}
+              \frac{\hat z_{b,t}}{\lVert \hat z_{b,t} \rVert} \cdot
+              \frac{\mathrm{sg}(z_{b,t+1})}{\lVert z_{b,t+1} \rVert},
+
+    ``outputs`` :math:`\hat z` and ``inputs`` :math:`z` ``[B, T, D]``. ``shift=False`` compares each output with
+    its own input (the paper's Table 1a ablation, which fails). Per token: exact under DDP without a gather.
+    """
+    if outputs.shape != inputs.shape or outputs.dim() != 3:
+        raise ValueError(f"nepa_loss: outputs and inputs must be [B, T, D] of one shape, got {tuple(outputs.shape)} "
+                         f"and {tuple(inputs.shape)}")
+    if shift:
+        return negative_cosine(outputs[:, :-1], inputs[:, 1:])
+    return negative_cosine(outputs, inputs)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from selfsup.methods.data2vec2 import Data2Vec2, Data2Vec2Config
 from selfsup.methods.mae import MAE, MAEConfig
 from selfsup.methods.crossmae import CrossMAE, CrossMAEConfig
 from selfsup.methods.aim import AIM, AIMConfig
+from selfsup.methods.nepa import NEPA, NEPAConfig
 from selfsup.methods.simmim import SimMIM, SimMIMConfig
 from selfsup.methods.msn import MSN, PMSN, MSNConfig, PMSNConfig
 from selfsup.methods.beit import BEiT, BEiTConfig
@@ -97,6 +98,7 @@ METHODS: dict[str, type[Method]] = {
     "mae": MAE,
     "crossmae": CrossMAE,
     "aim": AIM,
+    "nepa": NEPA,
     "simmim": SimMIM,
     "msn": MSN,
     "pmsn": PMSN,
@@ -140,7 +142,8 @@ __all__ += ["SupCon", "SupConConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV
             "DML", "DMLConfig"]
 __all__ += ["BarlowTwins", "BarlowTwinsConfig", "SwAV", "SwAVConfig", "WMSE", "WMSEConfig", "DeepClusterV2",
             "DeepClusterV2Config"]
-__all__ += ["MAE", "MAEConfig", "CrossMAE", "CrossMAEConfig", "AIM", "AIMConfig", "SimMIM", "SimMIMConfig"]
+__all__ += ["MAE", "MAEConfig", "CrossMAE", "CrossMAEConfig", "AIM", "AIMConfig", "NEPA", "NEPAConfig",
+            "SimMIM", "SimMIMConfig"]
 __all__ += ["IJEPA", "IJEPAConfig", "Data2Vec2", "Data2Vec2Config"]
 __all__ += ["MSN", "MSNConfig", "PMSN", "PMSNConfig", "BEiT", "BEiTConfig"]
 __all__ += ["IBOT", "IBOTConfig", "DINOv2", "DINOv2Config"]
