@@ -1,4 +1,4 @@
-"""Paper values of the MAE, CrossMAE, AIM and SimMIM recipes (collected by tests/test_recipes.py)."""
+"""Paper values of the MAE, CrossMAE, AIM, NEPA and SimMIM recipes (collected by tests/test_recipes.py)."""
 
 MAE = "He et al. 2022 (MAE), Table 8 / official PRETRAIN.md (ViT-B/16: AdamW 0.9/0.95, blr 1.5e-4, wd 0.05, B 4096, 40 warmup, 800 ep)"
 MAE_ARCH = "He et al. 2022 (MAE), Sec. 3 and Table 1a-c (mask 0.75, decoder 8 blocks x 512, norm-pix targets)"
@@ -16,6 +16,10 @@ AIM = ("El-Nouby et al. 2024 (AIM), AIM-0.6B as in lightly 1.6 benchmarks/imagen
        "31,250 warm-up of 125,000 steps at batch 4096 (100 of 400 ImageNet-1k epochs)")
 AIM_AUG = "lightly 1.6 AIMTransform (MAE's RandomResizedCrop + flip with min_scale 0.4, citing AIM)"
 AIM_OBJ = "El-Nouby et al. 2024 (AIM), Sec. 2 (prefix attention, normalised pixel targets)"
+NEPA = ("Xu et al. 2025 (NEPA), Table 4 (AdamW (0.9, 0.95), base lr 3e-4 x B/256, wd 0.05, B 4096, cosine, 40 warmup "
+        "epochs, RandomResizedCrop) and Sec. 4.3 (ViT-B, patch 14, 1600 epochs)")
+NEPA_CODE = ("NEPA official configs/pretrain/nepa-base-patch14-224/config.json (layerscale 1e-5, qk_norm, causal, "
+             "GELU) and run_nepa.py (torchvision RandomResizedCrop at its default scale (0.08, 1) + flip)")
 SIMMIM = "Xie et al. 2022 (SimMIM), Sec. 4.1 / simmim_pretrain__vit_base__img224__800ep.yaml (AdamW, lr 1e-4 per 512, wd 0.05, B 2048, 10 warmup, 800 ep, clip 5)"
 SIMMIM_MASK = "Xie et al. 2022 (SimMIM), Table 1 (random masking, 32 px patches, ratio 0.6 best)"
 SIMMIM_AUG = "SimMIM official data_simmim.py (RandomResizedCrop(0.67, 1) + flip)"
@@ -54,6 +58,14 @@ ROWS = [
     *[("aim", k, v, AIM_AUG) for k, v in [("views.kind", "crop"), ("view0.scale", (0.4, 1.0)), ("view0.flip_p", 0.5),
                                           ("view0.jitter", (0.0,) * 5), ("view0.blur_p", 0.0)]],
     *[("aim", k, v, AIM_OBJ) for k, v in [("method.prefix", True), ("method.norm_pix_loss", True)]],
+    *[("nepa", k, v, NEPA) for k, v in [
+        ("optim.name", "adamw"), ("optim.betas", (0.9, 0.95)), ("optim.lr", 3e-4), ("optim.lr_scaling", "linear"),
+        ("optim.weight_decay", 0.05), ("data.batch_size", 4096), ("optim.warmup_epochs", 40), ("train.epochs", 1600),
+        ("optim.final_lr_ratio", 0.0), ("model.backbone", "timm:vit_base_patch16_224"), ("model.vit.patch_size", 14),
+        ("method.shift", True)]],
+    *[("nepa", k, v, NEPA_CODE) for k, v in [
+        ("model.vit.layer_scale", 1e-5), ("model.vit.qk_norm", True), ("views.kind", "crop"),
+        ("view0.scale", (0.08, 1.0)), ("view0.flip_p", 0.5), ("view0.jitter", (0.0,) * 5), ("view0.blur_p", 0.0)]],
     *[("simmim", k, v, SIMMIM) for k, v in [
         ("optim.name", "adamw"), ("optim.betas", (0.9, 0.999)), ("optim.lr", 1e-4), ("optim.lr_reference_batch", 512),
         ("optim.weight_decay", 0.05), ("data.batch_size", 2048), ("optim.warmup_epochs", 10), ("train.epochs", 800),

@@ -43,6 +43,7 @@ FAMILIES = {
     # prefix lengths per image for the global batch; per-image means: exact without a count all-reduce
     "aim": [*VIT_TINY, "model.vit.class_token=false", "model.vit.pool=avg", "model.vit.fc_norm=false",
             "method.head_dim=16", "method.head_blocks=1"],
+    "nepa": [*VIT_TINY, "model.vit.pool=avg", "model.vit.fc_norm=false"],
 }
 
 
