@@ -151,9 +151,9 @@ MARGIN = 0.04  # tests/test_learning.py's
 def test_short_run_beats_random_init(tmp_path: Path):
     """aim_digits at 16 px on a 2-block 32-wide ViT without a cls token, head 64 x 1 block, 60 epochs at batch 64
     (1,320 steps). kNN top-1 (mean patch token) on shifted_digits, 1 thread, AVX-512 machine, seeds 0/1/2:
-    0.250/0.231/0.236 vs 0.179/0.151/0.155 at random init (+0.071/+0.081/+0.081); broken at seed 0 (each image
-    predicting the next image's patches; or lightly's unshifted targets, each output compared with its own
-    patch): +0.019 and -0.022. ~20 s alone, ~43 s at a load of 4."""
+    0.250/0.231/0.236 vs 0.179/0.151/0.155 at random init (+0.071/+0.081/+0.081); broken at seed 0: each image
+    predicting the next image's patches -0.022, lightly's unshifted targets (each output compared with its own
+    patch) +0.019. ~20 s alone, ~43 s at a load of 4."""
     data = shifted_digits()
     extra = [o for o in LEARN if not o.startswith(("model.", "train.epochs", "optim.eta", "data.batch_size"))]
     r = load_recipe("aim_digits", extra + VIT_TINY + NO_CLS + [
