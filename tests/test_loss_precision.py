@@ -29,7 +29,8 @@ from selfsup.losses import (UNIFIED_PRESETS, DINOLoss, barlow_twins_loss, batch_
                             swapped_prediction, swav_loss, supcon, triplet, unified_contrastive, unified_preset,
                             vicreg_loss, vicreg_terms, wmse_loss)
 from selfsup.losses.masked import ibot_patch_loss, ibot_teacher_probs, koleo_loss, patch_center_update, sinkhorn_teacher
-from selfsup.losses.masked_regression import data2vec_loss, data2vec_targets, mae_loss, norm_pix_targets, simmim_loss
+from selfsup.losses.masked_regression import (aim_loss, crossmae_loss, data2vec_loss, data2vec_targets, mae_loss,
+                                              nepa_loss, norm_pix_targets, simmim_loss)
 from selfsup.losses.masked_siamese import me_max, msn_loss, pmsn_loss, power_law_prior, prior_kl
 from selfsup.losses.neighbors import msf_neighbours, msf_regression
 
@@ -112,6 +113,12 @@ _MIM_CASES: list[Case] = [
                                           _bmask(g, 4, 8))),
     Case("mae_loss", lambda p, t, m: mae_loss(p, t, m, norm_pix=True),
          lambda g: (_emb(g, 32, 12).view(4, 8, 12), _emb(g, 32, 12).view(4, 8, 12), _bmask(g, 4, 8))),
+    Case("crossmae_loss", lambda p, t, i: crossmae_loss(p, t, i, norm_pix=True),
+         lambda g: (_emb(g, 12, 12).view(4, 3, 12), _emb(g, 32, 12).view(4, 8, 12),
+                    torch.stack([torch.randperm(8, generator=g)[:3] for _ in range(4)]))),
+    Case("aim_loss", aim_loss, lambda g: (_emb(g, 28, 12).view(4, 7, 12), _emb(g, 32, 12).view(4, 8, 12),
+                                          torch.arange(8)[None] >= torch.tensor([[1], [3], [7], [5]]))),
+    Case("nepa_loss", nepa_loss, lambda g: (_emb(g, 32, D).view(4, 8, D), _emb(g, 32, D).view(4, 8, D))),
     Case("simmim_loss", simmim_loss,
          lambda g: (torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g), _bmask(g, 2, 1, 8, 8))),
     Case("simmim_loss", lambda p, x, m: simmim_loss(p, x, m, patch_size=4, eps=1e-5),
